@@ -1,0 +1,64 @@
+package microlock
+
+import (
+	"errors"
+	"fmt"
+)
+
+var (
+	// ErrLocked means another holder has the lock (Microlock's
+	// AlreadyLockedError). Errors returned for it are *AlreadyLockedError.
+	ErrLocked = errors.New("microlock: already locked")
+	// ErrNotOwner means this Mutex does not hold the lock (Microlock's
+	// LockNotOwnedError).
+	ErrNotOwner = errors.New("microlock: not the lock owner")
+	// ErrLockLost means ownership ended without Unlock: the lease could not be
+	// renewed before the local deadline, the lease was revoked or expired on
+	// the server, or the lock's key was deleted.
+	ErrLockLost = errors.New("microlock: lock lost")
+	// ErrClosed means the Mutex was closed.
+	ErrClosed = errors.New("microlock: mutex closed")
+)
+
+// AlreadyLockedError reports that another holder has the lock. Key is the
+// key the caller passed, Holder the holder's node ID and Token its fencing
+// token. errors.Is(err, ErrLocked) is true for it.
+type AlreadyLockedError struct {
+	Key    string
+	Holder string
+	Token  int64
+}
+
+func (e *AlreadyLockedError) Error() string {
+	return fmt.Sprintf("microlock: %q is locked by %q (token %d)", e.Key, e.Holder, e.Token)
+}
+
+// Is makes errors.Is(err, ErrLocked) true.
+func (e *AlreadyLockedError) Is(target error) bool { return target == ErrLocked }
+
+// lostError says why a hold ended without Unlock. It matches ErrLockLost and,
+// when an etcd error caused the loss, that error too.
+type lostError struct {
+	key    string
+	reason string
+	err    error
+}
+
+func (e *lostError) Error() string {
+	s := fmt.Sprintf("microlock: lock on %q lost: %s", e.key, e.reason)
+	if e.err != nil {
+		s += ": " + e.err.Error()
+	}
+	return s
+}
+
+func (e *lostError) Unwrap() []error {
+	if e.err == nil {
+		return []error{ErrLockLost}
+	}
+	return []error{ErrLockLost, e.err}
+}
+
+// errReleased is the cause recorded when a hold ends by Unlock. It never
+// reaches users: Err reports nil for it.
+var errReleased = errors.New("microlock: released")

@@ -1,0 +1,209 @@
+package microlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EventType says what an Event reports.
+type EventType int
+
+const (
+	// Locked (Watch): someone holds the key; Holder and Token are set.
+	Locked EventType = iota + 1
+	// Unlocked (Watch): the key is free.
+	Unlocked
+	// Acquired (OnEvent): this Mutex took the lock.
+	Acquired
+	// Released (OnEvent): this Mutex unlocked. Err is set if etcd could not
+	// be told; the key is then deleted in the background.
+	Released
+	// Renewed (OnEvent): the lease of this Mutex's hold was refreshed.
+	Renewed
+	// Lost (OnEvent): ownership ended without Unlock; Err says why.
+	Lost
+	// Retrying (OnEvent): a transient etcd error, retried after a pause; Err
+	// is the error.
+	Retrying
+)
+
+var eventTypeNames = [...]string{
+	Locked:   "locked",
+	Unlocked: "unlocked",
+	Acquired: "acquired",
+	Released: "released",
+	Renewed:  "renewed",
+	Lost:     "lost",
+	Retrying: "retrying",
+}
+
+func (t EventType) String() string {
+	if t > 0 && int(t) < len(eventTypeNames) {
+		return eventTypeNames[t]
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is a change of a lock's state. Key is the key the caller passed.
+// For Watch events Holder and Token describe the holder; for OnEvent events
+// they describe this Mutex and its hold.
+type Event struct {
+	Type   EventType
+	Key    string
+	Holder string
+	Token  int64
+	Err    error
+}
+
+// Watch reports who holds key, whoever takes it: microlock, etcd's
+// concurrency.Mutex or etcdctl lock. It reads the current state before it
+// returns (an error here means etcd could not be read), then sends it first
+// on the channel (Locked with holder and token, or Unlocked), then one event
+// per change of holder. Holds shorter than one etcd watch response may be
+// reported together as the last one. Watch survives etcd restarts, lost
+// connections and compacted revisions by reading the state again, reporting
+// only real changes. The channel is closed after ctx is done: receive until
+// then, or the goroutine that feeds it waits.
+func Watch(ctx context.Context, client *clientv3.Client, key string) (<-chan Event, error) {
+	switch {
+	case ctx == nil:
+		return nil, errNilContext
+	case client == nil:
+		return nil, errors.New("microlock: nil etcd client")
+	case key == "":
+		return nil, errors.New("microlock: empty key")
+	}
+	w := &watcher{client: client, key: key, pfx: key + "/"}
+	rev, err := w.read(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("microlock: watching %s: %w", quoteKey(key), err)
+	}
+	ch := make(chan Event)
+	go w.run(ctx, ch, rev)
+	return ch, nil
+}
+
+type queued struct {
+	createRev int64
+	value     string
+}
+
+type watcher struct {
+	client *clientv3.Client
+	key    string
+	pfx    string
+	queue  map[string]queued // every key under the prefix
+	sent   *Event            // the last state sent
+}
+
+// read loads the whole queue and returns the revision it was read at.
+func (w *watcher) read(ctx context.Context) (int64, error) {
+	resp, err := w.client.Get(ctx, w.pfx, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	w.queue = make(map[string]queued, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		w.queue[string(kv.Key)] = queued{kv.CreateRevision, string(kv.Value)}
+	}
+	return resp.Header.Revision, nil
+}
+
+// state is the current holder: the key with the smallest create revision.
+func (w *watcher) state() Event {
+	var best *queued
+	for _, q := range w.queue {
+		if best == nil || q.createRev < best.createRev {
+			q := q
+			best = &q
+		}
+	}
+	if best == nil {
+		return Event{Type: Unlocked, Key: w.key}
+	}
+	return Event{Type: Locked, Key: w.key, Holder: best.value, Token: best.createRev}
+}
+
+// send sends the current state if it differs from the last one sent. It
+// reports false when ctx ended.
+func (w *watcher) send(ctx context.Context, ch chan<- Event) bool {
+	ev := w.state()
+	if w.sent != nil && w.sent.Type == ev.Type && w.sent.Token == ev.Token {
+		return true
+	}
+	select {
+	case ch <- ev:
+		w.sent = &ev
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (w *watcher) run(ctx context.Context, ch chan<- Event, rev int64) {
+	defer close(ch)
+	pause := time.Duration(0)
+	for {
+		if !w.send(ctx, ch) {
+			return
+		}
+		if w.follow(ctx, ch, rev) {
+			pause = 0
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch broke (compaction, no leader, a closed stream): wait a
+		// little, then read the state again and follow from there.
+		pause = min(max(2*pause, 100*time.Millisecond), 5*time.Second)
+		for {
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+			var err error
+			if rev, err = w.read(ctx); err == nil {
+				break
+			}
+			pause = min(2*pause, 5*time.Second)
+		}
+	}
+}
+
+// follow applies watch events after rev to the queue, sending each change of
+// holder, until the watch breaks or ctx ends. It reports whether any events
+// came.
+func (w *watcher) follow(ctx context.Context, ch chan<- Event, rev int64) (progress bool) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range w.client.Watch(wctx, w.pfx, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if wr.Err() != nil {
+			return progress
+		}
+		progress = progress || len(wr.Events) > 0
+		// Apply one revision at a time, so that each holder is seen.
+		for i, ev := range wr.Events {
+			k := string(ev.Kv.Key)
+			switch ev.Type {
+			case mvccpb.PUT:
+				w.queue[k] = queued{ev.Kv.CreateRevision, string(ev.Kv.Value)}
+			case mvccpb.DELETE:
+				delete(w.queue, k)
+			}
+			if i+1 == len(wr.Events) || wr.Events[i+1].Kv.ModRevision != ev.Kv.ModRevision {
+				if !w.send(ctx, ch) {
+					return progress
+				}
+			}
+		}
+	}
+	return progress
+}

@@ -1,0 +1,229 @@
+package microlock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// holdWatchDelay is how long a new hold waits before it watches its own key.
+// The watch starts from the hold's revision, so a deletion in the meantime is
+// still seen; short holds (a WithLock loop) never pay for a watch at all.
+const holdWatchDelay = 200 * time.Millisecond
+
+// hold is one acquisition by a Mutex, from the moment its key is written to
+// etcd until it is released or lost. Its key is unique to this acquisition:
+// two Mutex values, or two attempts of one, never share a hold by accident.
+type hold struct {
+	m     *Mutex
+	lease *lease
+	key   string       // etcd key: the lock prefix, the lease ID and a random suffix
+	rev   atomic.Int64 // create revision of key (the fencing token) once held
+	// releasing is set while Unlock deletes the key: the watch then leaves
+	// the verdict on the deletion it sees to the release's own answer.
+	releasing atomic.Bool
+
+	ctx    context.Context // cancelled, with the reason, when the hold ends
+	cancel context.CancelCauseFunc
+
+	mu          sync.Mutex
+	links       map[int]context.CancelCauseFunc // contexts that end with the hold
+	nextLink    int
+	lostEmitted bool
+	watchTimer  *time.Timer
+
+	watchers   sync.WaitGroup // the own-key watch goroutine
+	finishOnce sync.Once
+}
+
+func newHold(m *Mutex, l *lease) *hold {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	h := &hold{
+		m:     m,
+		lease: l,
+		key:   fmt.Sprintf("%s%x_%s", m.pfx, int64(l.id), hex.EncodeToString(b[:])),
+		links: make(map[int]context.CancelCauseFunc),
+	}
+	h.ctx, h.cancel = context.WithCancelCause(context.Background())
+	return h
+}
+
+// link makes cancel run, with the hold's end cause, when the hold ends (at
+// once if it already has). The returned func undoes the link.
+func (h *hold) link(cancel context.CancelCauseFunc) (unlink func()) {
+	h.mu.Lock()
+	if h.ctx.Err() != nil {
+		h.mu.Unlock()
+		cancel(context.Cause(h.ctx))
+		return func() {}
+	}
+	id := h.nextLink
+	h.nextLink++
+	h.links[id] = cancel
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.links, id)
+		h.mu.Unlock()
+	}
+}
+
+// end ends the hold with cause and cancels everything linked to it. Only the
+// first call has an effect; it reports whether it was this one.
+func (h *hold) end(cause error) bool {
+	h.mu.Lock()
+	if h.ctx.Err() != nil {
+		h.mu.Unlock()
+		return false
+	}
+	h.cancel(cause)
+	links := h.links
+	h.links = nil
+	h.mu.Unlock()
+	for _, cancel := range links {
+		cancel(cause)
+	}
+	return true
+}
+
+// lose ends the hold as lost.
+func (h *hold) lose(reason string, err error) bool {
+	return h.end(&lostError{key: h.m.key, reason: reason, err: err})
+}
+
+// lostCause returns why the hold was lost, or nil if it is live or was
+// released.
+func (h *hold) lostCause() error {
+	if h.ctx.Err() == nil {
+		return nil
+	}
+	if cause := context.Cause(h.ctx); errors.Is(cause, ErrLockLost) {
+		return cause
+	}
+	return nil
+}
+
+// emitLost reports the loss of a held lock once.
+func (h *hold) emitLost() {
+	cause := h.lostCause()
+	if cause == nil || h.rev.Load() == 0 {
+		return
+	}
+	h.mu.Lock()
+	already := h.lostEmitted
+	h.lostEmitted = true
+	h.mu.Unlock()
+	if !already {
+		h.emit(Event{Type: Lost, Err: cause})
+	}
+}
+
+// emit delivers ev to the Mutex's hook, filled in with this hold's details.
+func (h *hold) emit(ev Event) {
+	if hook := h.m.opts.hook; hook != nil {
+		ev.Key = h.m.key
+		ev.Holder = h.m.opts.nodeID
+		ev.Token = h.rev.Load()
+		hook(ev)
+	}
+}
+
+// watchLater starts, after holdWatchDelay, the watch that notices the hold's
+// key being deleted (by hand, or by its lease being revoked).
+func (h *hold) watchLater() {
+	h.watchers.Add(1)
+	h.mu.Lock()
+	h.watchTimer = time.AfterFunc(holdWatchDelay, func() {
+		defer h.watchers.Done()
+		h.watch()
+	})
+	h.mu.Unlock()
+}
+
+// finish releases what the hold uses once it has ended: its watch goroutine
+// (waited for), its place on the lease, and its lease reference.
+func (h *hold) finish() {
+	h.finishOnce.Do(func() {
+		h.mu.Lock()
+		t := h.watchTimer
+		h.mu.Unlock()
+		if t != nil && t.Stop() {
+			h.watchers.Done() // never started
+		}
+		h.watchers.Wait()
+		h.lease.detach(h)
+		h.lease.unref()
+	})
+}
+
+// watch runs until the hold ends, and ends it as lost if its key is deleted.
+func (h *hold) watch() {
+	rev := h.rev.Load()
+	from := rev + 1
+	client := h.m.client
+	pause := time.Duration(0)
+	for h.ctx.Err() == nil {
+		if pause > 0 {
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-h.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
+		pause = min(max(2*pause, 100*time.Millisecond), 2*time.Second)
+		// WithRequireLeader: a member cut off from its cluster closes the
+		// watch instead of keeping it silently stale.
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(h.ctx))
+		for wr := range client.Watch(wctx, h.key, clientv3.WithRev(from), clientv3.WithFilterPut()) {
+			if err := wr.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					// Events are gone: read the key instead.
+					resp, gerr := client.Get(h.ctx, h.key)
+					if gerr == nil {
+						if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != rev {
+							cancel()
+							h.lostKey()
+							return
+						}
+						from = resp.Header.Revision + 1
+					}
+				}
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.DELETE {
+					cancel()
+					h.lostKey()
+					return
+				}
+			}
+			pause = 0
+			if wr.Header.Revision >= from {
+				from = wr.Header.Revision + 1
+			}
+		}
+		cancel()
+	}
+}
+
+func (h *hold) lostKey() {
+	if h.releasing.Load() {
+		return
+	}
+	if h.lose("its key was deleted (lease revoked or key removed)", nil) {
+		h.lease.detach(h)
+		h.emitLost()
+	}
+}

@@ -1,0 +1,456 @@
+// Package etcdtest runs real etcd clusters, and proxies in front of them, for
+// microlock's tests. Nothing is mocked: members are etcd processes built from
+// the tools module (see EtcdBinary), partitions are made by proxies that
+// swallow bytes, and hangs by SIGSTOP.
+//
+// Everything a test starts here is torn down at tb.Cleanup, processes and
+// goroutines alike, so tests can use goleak.VerifyTestMain.
+package etcdtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// startTimeout bounds Start, Restart and a Leader call without a deadline.
+const startTimeout = 30 * time.Second
+
+// Cluster is a running etcd cluster on loopback ports.
+type Cluster struct {
+	Members []*Member
+
+	cfg config
+	bin string
+	dir string           // data dirs and logs of all members
+	cli *clientv3.Client // for MemberList and Status
+
+	mu       sync.Mutex
+	isolated map[*Member]bool
+
+	stopOnce sync.Once
+}
+
+// Option configures Start.
+type Option func(*config)
+
+type config struct {
+	peerProxies bool
+	args        []string
+}
+
+// WithPeerProxies puts a proxy in front of every member's peer listener so
+// that Isolate can partition members. It needs plain-HTTP peer traffic: the
+// proxy reads the sender from rafthttp's request headers.
+func WithPeerProxies() Option { return func(c *config) { c.peerProxies = true } }
+
+// WithArgs adds etcd flags for every member. They come after the harness's
+// own flags, so they also override them (for example --election-timeout).
+func WithArgs(args ...string) Option {
+	return func(c *config) { c.args = append(c.args, args...) }
+}
+
+// Start starts a cluster of size members and returns once every member
+// serves a linearizable Get, or calls tb.Fatal after 30 s. Data lives under
+// /dev/shm when it exists, for speed. tb.Cleanup kills all processes (even
+// paused ones), closes the proxies and the harness's clients and removes the
+// data; if the test failed, it first logs the tail of every member's log.
+func Start(tb testing.TB, size int, opts ...Option) *Cluster {
+	tb.Helper()
+	c, err := Launch(size, opts...)
+	if err != nil {
+		tb.Fatalf("etcdtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			for _, m := range c.Members {
+				tb.Logf("etcdtest: last lines of member %s's log:\n%s", m.Name, tail(m.logPath))
+			}
+		}
+		c.Stop()
+	})
+	return c
+}
+
+// Launch is Start for a TestMain, which has no testing.TB: the caller must
+// call Stop. Examples use a cluster launched this way.
+func Launch(size int, opts ...Option) (*Cluster, error) {
+	if size < 1 {
+		return nil, fmt.Errorf("cluster size %d, want at least 1", size)
+	}
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
+	bin, err := EtcdBinary()
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		c := &Cluster{cfg: cfg, bin: bin, isolated: make(map[*Member]bool)}
+		err := c.launch(size)
+		if err == nil {
+			return c, nil
+		}
+		c.Stop()
+		// Free ports are only free until someone else takes them.
+		if attempt == 1 && errors.Is(err, errAddrInUse) {
+			continue
+		}
+		return nil, fmt.Errorf("starting a %d-member cluster: %w", size, err)
+	}
+}
+
+// launch starts the processes of a new cluster and waits until they serve.
+// On error, the caller must still call stop.
+func (c *Cluster) launch(size int) error {
+	dir, err := makeDataDir()
+	if err != nil {
+		return err
+	}
+	c.dir = dir
+
+	ports, err := freePorts(2 * size)
+	if err != nil {
+		return err
+	}
+	var initial []string
+	for i := range size {
+		name := fmt.Sprintf("m%d", i)
+		m := &Member{
+			Name:      name,
+			ClientURL: "http://127.0.0.1:" + ports[2*i],
+			c:         c,
+			peerURL:   "http://127.0.0.1:" + ports[2*i+1],
+			logPath:   filepath.Join(dir, name+".log"),
+		}
+		c.Members = append(c.Members, m)
+		advertised := m.peerURL
+		if c.cfg.peerProxies {
+			if m.peer, err = newPeerProxy("127.0.0.1:" + ports[2*i+1]); err != nil {
+				return err
+			}
+			advertised = "http://" + m.peer.addr()
+		}
+		m.args = []string{
+			"--name", name,
+			"--data-dir", filepath.Join(dir, name+".data"),
+			"--listen-client-urls", m.ClientURL,
+			"--advertise-client-urls", m.ClientURL,
+			"--listen-peer-urls", m.peerURL,
+			"--initial-advertise-peer-urls", advertised,
+		}
+		initial = append(initial, name+"="+advertised)
+	}
+	for _, m := range c.Members {
+		m.args = append(m.args,
+			"--initial-cluster", strings.Join(initial, ","),
+			"--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(dir), // unique, so strays cannot join
+			"--heartbeat-interval", "100",
+			"--election-timeout", "1000",
+			"--log-level", "warn",
+			// Tests kill processes, not machines: written data is in the
+			// page cache either way, and fsync only costs time.
+			"--unsafe-no-fsync",
+		)
+		m.args = append(m.args, c.cfg.args...)
+	}
+
+	for _, m := range c.Members {
+		m.mu.Lock()
+		err := m.startLocked()
+		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for _, m := range c.Members {
+		if err := m.waitServing(ctx, m.proc, true); err != nil {
+			return err
+		}
+	}
+
+	if c.cli, err = newClient(c.Endpoints()...); err != nil {
+		return err
+	}
+	resp, err := c.cli.MemberList(ctx)
+	if err != nil {
+		return fmt.Errorf("listing members: %v", err)
+	}
+	for _, pm := range resp.Members {
+		if m := c.member(pm.Name); m != nil {
+			m.id = pm.ID
+		}
+	}
+	for _, m := range c.Members {
+		if m.id == 0 {
+			return fmt.Errorf("member %s missing from the member list", m.Name)
+		}
+	}
+	return nil
+}
+
+// Stop kills every member, closes the proxies and the harness's clients and
+// removes the data. Only the first call does anything.
+func (c *Cluster) Stop() {
+	c.stopOnce.Do(func() {
+		if c.cli != nil {
+			_ = c.cli.Close()
+		}
+		for _, m := range c.Members {
+			m.terminate()
+		}
+		for _, m := range c.Members {
+			if m.peer != nil {
+				_ = m.peer.close()
+			}
+		}
+		if c.dir != "" {
+			_ = os.RemoveAll(c.dir)
+		}
+	})
+}
+
+func (c *Cluster) member(name string) *Member {
+	for _, m := range c.Members {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// Endpoints returns the direct client URLs of all members, in member order.
+func (c *Cluster) Endpoints() []string {
+	eps := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		eps[i] = m.ClientURL
+	}
+	return eps
+}
+
+// Client returns a client for endpoints, by default Endpoints(), with a 5 s
+// dial timeout and a no-op logger. It is closed at tb.Cleanup.
+func (c *Cluster) Client(tb testing.TB, endpoints ...string) *clientv3.Client {
+	tb.Helper()
+	if len(endpoints) == 0 {
+		endpoints = c.Endpoints()
+	}
+	cli, err := newClient(endpoints...)
+	if err != nil {
+		tb.Fatalf("etcdtest: client for %v: %v", endpoints, err)
+	}
+	tb.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+func newClient(endpoints ...string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+}
+
+// Leader asks every running, unpaused member for its Status and returns the
+// member that a majority of the cluster names as leader. While there is no
+// such majority (during an election, say) it polls until ctx is done, or for
+// 30 s if ctx has no deadline.
+func (c *Cluster) Leader(ctx context.Context) (*Member, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
+	for {
+		if m := c.leaderOnce(ctx); m != nil {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no leader agreed on by a majority: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) leaderOnce(ctx context.Context) *Member {
+	votes := make([]uint64, len(c.Members))
+	var wg sync.WaitGroup
+	for i, m := range c.Members {
+		if !m.serving() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Bounded per member: one that hangs must not hide the others.
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if st, err := c.cli.Status(sctx, m.ClientURL); err == nil {
+				votes[i] = st.Leader
+			}
+		}()
+	}
+	wg.Wait()
+	count := make(map[uint64]int)
+	for _, id := range votes {
+		if id != 0 {
+			count[id]++
+		}
+	}
+	for _, m := range c.Members {
+		if count[m.id] > len(c.Members)/2 {
+			return m
+		}
+	}
+	return nil
+}
+
+// Isolate cuts all peer traffic between m and every other member, in both
+// directions, until HealPeers; client traffic to m is unaffected. It panics
+// unless the cluster was started WithPeerProxies.
+//
+// There is one proxy per member, in front of its peer listener, because etcd
+// advertises a single peer URL per member. Isolating m therefore drops the
+// bytes of every connection into m's proxy, and of every connection into the
+// other proxies whose first request says it comes from m. A connection that
+// m opens to a peer without an X-Server-From header (version probes, say)
+// still gets through; raft traffic always carries the header.
+func (c *Cluster) Isolate(m *Member) {
+	if !c.cfg.peerProxies {
+		panic("etcdtest: Isolate requires WithPeerProxies")
+	}
+	c.mu.Lock()
+	c.isolated[m] = true
+	c.mu.Unlock()
+	for _, o := range c.Members {
+		pp := o.peer
+		if o == m {
+			pp.update(func() { pp.into = true })
+		} else {
+			pp.update(func() { pp.from[m.id] = true })
+		}
+	}
+}
+
+// HealPeers undoes every Isolate. Connections that dropped bytes are closed,
+// since their streams are corrupt; etcd dials new ones.
+func (c *Cluster) HealPeers() {
+	c.mu.Lock()
+	clear(c.isolated)
+	c.mu.Unlock()
+	for _, o := range c.Members {
+		if pp := o.peer; pp != nil {
+			pp.heal(func() {
+				pp.into = false
+				clear(pp.from)
+			})
+		}
+	}
+}
+
+func (c *Cluster) isIsolated(m *Member) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.isolated[m]
+}
+
+// quorumReachable reports whether m, once running, could take part in a
+// quorum: it is not isolated and, counting m, a majority of members are
+// running, unpaused and not isolated.
+func (c *Cluster) quorumReachable(m *Member) bool {
+	if c.isIsolated(m) {
+		return false
+	}
+	n := 0
+	for _, o := range c.Members {
+		if o == m || (o.serving() && !c.isIsolated(o)) {
+			n++
+		}
+	}
+	return n > len(c.Members)/2
+}
+
+// peerProxy is the proxy in front of one member's peer listener.
+type peerProxy struct {
+	*proxy
+	into bool            // the member behind the proxy is isolated; guarded by proxy.mu
+	from map[uint64]bool // isolated senders; guarded by proxy.mu
+}
+
+func newPeerProxy(target string) (*peerProxy, error) {
+	pp := &peerProxy{from: make(map[uint64]bool)}
+	p, err := newProxy(target, true, func(l *link) bool {
+		return pp.into || (l.from != 0 && pp.from[l.from])
+	})
+	if err != nil {
+		return nil, err
+	}
+	pp.proxy = p
+	return pp, nil
+}
+
+var sweepOnce sync.Once
+
+// makeDataDir creates the directory for a cluster's data and logs, on tmpfs
+// when there is one. Its name carries our PID, so that later test processes
+// can remove it if we die without running Cleanup (SIGKILL, or Ctrl-C, which
+// go test does not turn into Cleanup): on tmpfs, the WAL that etcd
+// preallocates costs about 125 MB of RAM per member.
+func makeDataDir() (string, error) {
+	sweepOnce.Do(func() {
+		sweep("/dev/shm")
+		sweep(os.TempDir())
+	})
+	prefix := fmt.Sprintf("etcdtest-%d-", os.Getpid())
+	if dir, err := os.MkdirTemp("/dev/shm", prefix); err == nil {
+		return dir, nil
+	}
+	return os.MkdirTemp("", prefix)
+}
+
+// sweep removes the data directories in root of test processes that no
+// longer exist.
+func sweep(root string) {
+	dirs, _ := filepath.Glob(filepath.Join(root, "etcdtest-*-*"))
+	for _, dir := range dirs {
+		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(dir), "etcdtest-"), "-")
+		n, err := strconv.Atoi(pid)
+		// Any answer but "no such process" (EPERM, say) means it may be alive.
+		if err == nil && n > 0 && syscall.Kill(n, 0) == syscall.ESRCH {
+			_ = os.RemoveAll(dir)
+		}
+	}
+}
+
+// freePorts returns n distinct loopback ports that were free a moment ago.
+// All listeners stay open until every port is picked, so none repeats.
+func freePorts(n int) ([]string, error) {
+	ports := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		ports = append(ports, port)
+	}
+	return ports, nil
+}

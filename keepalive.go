@@ -1,0 +1,497 @@
+package microlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The conservative local deadline. etcd cannot expire a lease before
+// t0 + T, where t0 is when the request that granted or renewed it was sent
+// and T is the TTL etcd granted. We declare every hold on the lease lost at
+// t0 + T·(1−clockDrift) − margin(T), measured on the monotonic clock, so the
+// work is told to stop before the server could let anyone else in.
+const (
+	clockDrift = 1e-3                   // bound on the relative clock-rate error between us and the leader
+	minMargin  = 250 * time.Millisecond // at least this much before the earliest server expiry
+	// leaseLinger is how long an unused lease is kept renewed, so that a loop
+	// of WithLock calls shares one lease instead of paying a grant and a
+	// revoke per call.
+	leaseLinger = 10 * time.Second
+	// revokeTimeout bounds the revoke of an unused lease; if it fails the
+	// lease expires on its own within its TTL.
+	revokeTimeout = 2 * time.Second
+)
+
+// grantTimeout bounds one lease grant: the TTL asked for, at least 2 s.
+func grantTimeout(ttl int64) time.Duration {
+	return max(time.Duration(ttl)*time.Second, 2*time.Second)
+}
+
+// lossDeadline is the instant a hold renewed by a request sent at t0 must be
+// considered lost.
+func lossDeadline(t0 time.Time, ttl time.Duration) time.Time {
+	margin := max(minMargin, ttl/10)
+	return t0.Add(time.Duration(float64(ttl)*(1-clockDrift)) - margin)
+}
+
+// leaseKey identifies a shared lease: one per client and requested TTL.
+type leaseKey struct {
+	client *clientv3.Client
+	ttl    int64 // requested, in seconds
+}
+
+// leaseTable holds the leases in use, per client and TTL. It is the package's
+// only mutable state: WithLock takes nothing but a client, yet a loop of
+// WithLock calls must not pay a lease grant and revoke per call, so leases
+// must outlive the calls that use them. A lease leaves the table when it is
+// lost, when its client is closed, or after leaseLinger unused.
+type leaseTable struct {
+	mu       sync.Mutex
+	leases   map[leaseKey]*lease
+	granting map[leaseKey]*grantCall
+}
+
+type grantCall struct {
+	done chan struct{}
+	err  error
+}
+
+var leases = leaseTable{
+	leases:   make(map[leaseKey]*lease),
+	granting: make(map[leaseKey]*grantCall),
+}
+
+// acquire returns a live lease for (client, ttl) with a reference taken for
+// the caller, granting one if needed. Concurrent callers share one grant.
+func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl int64) (*lease, error) {
+	k := leaseKey{client, ttl}
+	for {
+		t.mu.Lock()
+		if l := t.leases[k]; l != nil {
+			if l.ref() {
+				t.mu.Unlock()
+				return l, nil
+			}
+			delete(t.leases, k) // ending; its goroutine is on its way out
+		}
+		if g := t.granting[k]; g != nil {
+			t.mu.Unlock()
+			select {
+			case <-g.done:
+				if g.err != nil && ctx.Err() == nil && !errors.Is(g.err, context.Canceled) {
+					return nil, g.err
+				}
+				continue // granted, or the granter gave up: look again
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		g := &grantCall{done: make(chan struct{})}
+		t.granting[k] = g
+		t.mu.Unlock()
+
+		l, err := grant(ctx, k)
+		t.mu.Lock()
+		delete(t.granting, k)
+		if err == nil {
+			l.refs = 1 // before it is visible: no one can idle it out
+			t.leases[k] = l
+		}
+		g.err = err
+		close(g.done)
+		t.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		l.start()
+		return l, nil
+	}
+}
+
+// remove drops l from the table if it is still there.
+func (t *leaseTable) remove(l *lease) {
+	t.mu.Lock()
+	if t.leases[l.key] == l {
+		delete(t.leases, l.key)
+	}
+	t.mu.Unlock()
+}
+
+// lease is one etcd lease shared by every hold of one client and TTL, with
+// the goroutine that renews it and enforces its local deadline. Renewal work
+// grows with the number of leases, not with the number of locks held.
+type lease struct {
+	key    leaseKey
+	client *clientv3.Client
+	id     clientv3.LeaseID
+	ttl    time.Duration // granted by etcd
+
+	mu        sync.Mutex
+	deadline  time.Time // every hold on the lease is lost at this instant
+	refs      int       // holds and acquisitions using the lease
+	idleSince time.Time // when refs last fell to zero
+	ended     bool
+	retired   bool // takes no new holds; revoked once unused
+	holds     map[*hold]struct{}
+	orphans   map[string]int64 // keys whose release failed: key → create revision
+
+	wake chan struct{} // deadline moved, refs hit zero, or orphans added
+	done chan struct{} // closed when run returns
+}
+
+// grant asks etcd for a new lease. The local deadline counts from the
+// instant before the request was sent. One attempt lasts at most
+// grantTimeout: an unreachable or leaderless cluster gives a timely error to
+// retry rather than a call that hangs.
+func grant(ctx context.Context, k leaseKey) (*lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, grantTimeout(k.ttl))
+	defer cancel()
+	t0 := time.Now()
+	resp, err := k.client.Grant(ctx, k.ttl)
+	if err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(resp.TTL) * time.Second
+	return &lease{
+		key:      k,
+		client:   k.client,
+		id:       resp.ID,
+		ttl:      ttl,
+		deadline: lossDeadline(t0, ttl),
+		holds:    make(map[*hold]struct{}),
+		orphans:  make(map[string]int64),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+func (l *lease) start() { go l.run() }
+
+// ref takes a reference unless the lease has ended or is about to.
+func (l *lease) ref() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended || l.retired || time.Until(l.deadline) < l.ttl/3 {
+		// A lease this close to its deadline is failing to renew; a fresh
+		// one serves a new hold better.
+		return false
+	}
+	l.refs++
+	return true
+}
+
+func (l *lease) unref() {
+	l.mu.Lock()
+	l.refs--
+	idle := l.refs == 0
+	if idle {
+		l.idleSince = time.Now()
+	}
+	l.mu.Unlock()
+	if idle {
+		l.poke()
+	}
+}
+
+func (l *lease) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// attach registers h to be told when the lease ends. It fails if the lease
+// has already ended, with the reason.
+func (l *lease) attach(h *hold) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return errLeaseEnded
+	}
+	l.holds[h] = struct{}{}
+	return nil
+}
+
+func (l *lease) detach(h *hold) {
+	l.mu.Lock()
+	delete(l.holds, h)
+	l.mu.Unlock()
+}
+
+var errLeaseEnded = errors.New("lease ended")
+
+// gone ends l because etcd answered that it does not know it: it expired
+// or was revoked, and every hold on it is lost. The renewal loop finds out
+// on its own at its next renewal; this tells new holds at once.
+func (l *lease) gone() {
+	l.retire()
+	l.end("the lease expired or was revoked on the server", nil)
+}
+
+// retire stops l from taking new holds and has it revoked as soon as it is
+// unused. A write on the lock path whose outcome is unknown retires its
+// lease: a key it may have left behind then goes with the lease, instead of
+// living as long as other holds keep the lease renewed.
+func (l *lease) retire() {
+	l.mu.Lock()
+	l.retired = true
+	l.mu.Unlock()
+	leases.remove(l)
+	l.poke()
+}
+
+// orphan queues key for deletion by the renewal loop: its release failed,
+// and the lease, kept alive for other holds, would otherwise keep it forever.
+func (l *lease) orphan(key string, rev int64) {
+	l.mu.Lock()
+	if !l.ended {
+		l.orphans[key] = rev
+	}
+	l.mu.Unlock()
+	l.poke()
+}
+
+// extend moves the deadline after a renewal sent at t0 was acknowledged with
+// the granted TTL ttl.
+func (l *lease) extend(t0 time.Time, ttl time.Duration) {
+	d := lossDeadline(t0, ttl)
+	l.mu.Lock()
+	if d.After(l.deadline) {
+		l.deadline = d
+	}
+	l.mu.Unlock()
+	l.poke()
+}
+
+// keepAliveOnce renews the lease once. The returned error wraps
+// ErrLeaseNotFound-like answers as errLeaseGone.
+func (l *lease) keepAliveOnce(ctx context.Context) error {
+	t0 := time.Now()
+	resp, err := l.client.KeepAliveOnce(ctx, l.id)
+	if err != nil {
+		return err
+	}
+	if resp.TTL <= 0 {
+		return errLeaseGone
+	}
+	l.extend(t0, time.Duration(resp.TTL)*time.Second)
+	return nil
+}
+
+var errLeaseGone = errors.New("lease expired or revoked on the server")
+
+// run renews the lease every TTL/3, retries failures until the deadline,
+// deletes orphaned keys, and ends the lease on its deadline, on a server
+// answer that it is gone, when its client closes, or when it has been unused
+// for leaseLinger (at once if retired). It is the only goroutine per lease,
+// and it ends by itself; the renewal request runs in a child goroutine so
+// that a hung request cannot delay the deadline.
+func (l *lease) run() {
+	defer close(l.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	deadline := time.NewTimer(time.Until(l.currentDeadline()))
+	defer deadline.Stop()
+	renew := time.NewTimer(l.ttl / 3)
+	defer renew.Stop()
+	idle := time.NewTimer(leaseLinger)
+	idle.Stop()
+	defer idle.Stop()
+	idling := false
+
+	results := make(chan error, 1)
+	inflight := false
+	retry := time.Duration(0)
+	lastSend := time.Now()
+
+	for {
+		select {
+		case <-deadline.C:
+			if d := l.currentDeadline(); time.Now().Before(d) {
+				deadline.Reset(time.Until(d))
+				continue
+			}
+			l.end("no renewal was acknowledged in time", nil)
+			return
+
+		case <-l.client.Ctx().Done():
+			l.end("the etcd client was closed", l.client.Ctx().Err())
+			return
+
+		case <-renew.C:
+			if inflight {
+				continue
+			}
+			inflight = true
+			lastSend = time.Now()
+			rctx, rcancel := context.WithDeadline(ctx, l.currentDeadline())
+			orphans := l.orphanList()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer rcancel()
+				err := l.keepAliveOnce(rctx)
+				if err == nil && len(orphans) > 0 {
+					l.deleteOrphans(rctx, orphans)
+				}
+				results <- err
+			}()
+
+		case err := <-results:
+			inflight = false
+			switch {
+			case err == nil:
+				retry = 0
+				deadline.Reset(time.Until(l.currentDeadline()))
+				l.notify(Event{Type: Renewed})
+				renew.Reset(time.Until(lastSend.Add(l.ttl / 3)))
+			case errors.Is(err, errLeaseGone):
+				l.end("the lease expired or was revoked on the server", nil)
+				return
+			case transient(err):
+				l.notify(Event{Type: Retrying, Err: fmt.Errorf("microlock: renewing lease %x: %w", int64(l.id), err)})
+				retry = min(max(2*retry, 100*time.Millisecond), max(l.ttl/6, 100*time.Millisecond))
+				renew.Reset(retry)
+			default:
+				l.end("renewing the lease failed", err)
+				return
+			}
+
+		case <-l.wake:
+			deadline.Reset(time.Until(l.currentDeadline()))
+			l.mu.Lock()
+			unused, retired, since := l.refs == 0, l.retired, l.idleSince
+			l.mu.Unlock()
+			if unused && retired {
+				if l.close(cancel, &wg) {
+					return
+				}
+			} else if unused && !idling {
+				idle.Reset(leaseLinger - time.Since(since))
+				idling = true
+			}
+
+		case <-idle.C:
+			idling = false
+			l.mu.Lock()
+			refs, since, retired := l.refs, l.idleSince, l.retired
+			l.mu.Unlock()
+			if refs > 0 {
+				continue // the next unref wakes us again
+			}
+			if wait := leaseLinger - time.Since(since); wait > 0 && !retired {
+				idle.Reset(wait)
+				idling = true
+				continue
+			}
+			if l.close(cancel, &wg) {
+				return
+			}
+		}
+	}
+}
+
+// close ends an unused lease and revokes it. It reports false, doing
+// nothing, if a reference was taken meanwhile.
+func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
+	l.mu.Lock()
+	if l.refs > 0 {
+		l.mu.Unlock()
+		return false
+	}
+	l.ended = true
+	l.mu.Unlock()
+	leases.remove(l)
+	cancel()
+	wg.Wait()
+	ctx, rcancel := context.WithTimeout(context.Background(), revokeTimeout)
+	defer rcancel()
+	_, _ = l.client.Revoke(ctx, l.id) // on failure it expires within its TTL
+	return true
+}
+
+func (l *lease) currentDeadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+func (l *lease) orphanList() map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.orphans) == 0 {
+		return nil
+	}
+	out := make(map[string]int64, len(l.orphans))
+	for k, v := range l.orphans {
+		out[k] = v
+	}
+	return out
+}
+
+// deleteOrphans deletes keys whose release failed, each guarded by its
+// create revision so that nothing else is ever deleted.
+func (l *lease) deleteOrphans(ctx context.Context, orphans map[string]int64) {
+	for key, rev := range orphans {
+		var err error
+		if rev == 0 {
+			// The key's fate is unknown and its name is unique to one
+			// attempt: whatever is there is ours.
+			_, err = l.client.Delete(ctx, key)
+		} else {
+			_, err = l.client.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+				Then(clientv3.OpDelete(key)).
+				Commit()
+		}
+		if err == nil {
+			l.mu.Lock()
+			delete(l.orphans, key)
+			l.mu.Unlock()
+		}
+	}
+}
+
+// end marks the lease ended and every hold on it lost: first every hold's
+// context is cancelled, then the Lost events are delivered, so that a slow
+// hook cannot delay another hold's loss signal.
+func (l *lease) end(reason string, err error) {
+	l.mu.Lock()
+	l.ended = true
+	holds := make([]*hold, 0, len(l.holds))
+	for h := range l.holds {
+		holds = append(holds, h)
+	}
+	clear(l.holds)
+	l.mu.Unlock()
+	leases.remove(l)
+	for _, h := range holds {
+		h.lose(reason, err)
+	}
+	for _, h := range holds {
+		h.emitLost()
+	}
+}
+
+// notify delivers a lease-wide event to the hooks of every hold on it.
+func (l *lease) notify(ev Event) {
+	l.mu.Lock()
+	holds := make([]*hold, 0, len(l.holds))
+	for h := range l.holds {
+		if h.m.opts.hook != nil && h.rev.Load() != 0 {
+			holds = append(holds, h)
+		}
+	}
+	l.mu.Unlock()
+	for _, h := range holds {
+		h.emit(ev)
+	}
+}

@@ -1,0 +1,583 @@
+package microlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// abandonTimeout bounds the deletion of a queued key when an acquisition
+// gives up; if it fails, the key is deleted in the background.
+const abandonTimeout = 2 * time.Second
+
+// Mutex is a lock on one key in etcd, Microlock's lock object. Its methods
+// are safe for concurrent use; Lock, TryLock, Unlock and Close run one at a
+// time. A Mutex can hold the lock many times in succession. Its zero value
+// is not usable: create it with New.
+type Mutex struct {
+	client *clientv3.Client
+	key    string // as the caller gave it
+	pfx    string // key + "/": the queue's prefix in etcd
+	opts   *options
+
+	op chan struct{} // one Lock, TryLock, Unlock or Close at a time
+
+	mu       sync.Mutex
+	h        *hold              // the current hold, or the last one
+	opCancel context.CancelFunc // aborts the running operation on Close
+	closed   bool
+}
+
+// New returns a Mutex for key on client. It does no I/O: the first call to
+// Lock or TryLock talks to etcd. It returns an error for a nil client, an
+// empty key, or an invalid option.
+func New(client *clientv3.Client, key string, opts ...Option) (*Mutex, error) {
+	if client == nil {
+		return nil, errors.New("microlock: nil etcd client")
+	}
+	if key == "" {
+		return nil, errors.New("microlock: empty key")
+	}
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Mutex{
+		client: client,
+		key:    key,
+		pfx:    key + "/",
+		opts:   o,
+		op:     make(chan struct{}, 1),
+	}, nil
+}
+
+// Key returns the key the Mutex locks, as given to New.
+func (m *Mutex) Key() string { return m.key }
+
+// NodeID returns the ID this Mutex stores as the lock's value while it holds
+// it.
+func (m *Mutex) NodeID() string { return m.opts.nodeID }
+
+// TryLock makes one attempt to take the lock, in one etcd request while the
+// client's lease is live. If another holder has it, TryLock returns an
+// *AlreadyLockedError with the holder's node ID and token. TryLock does not
+// retry transient etcd errors. If this Mutex already holds the lock, it
+// returns an *AlreadyLockedError naming this node.
+func (m *Mutex) TryLock(ctx context.Context) error {
+	return m.acquire(ctx, false)
+}
+
+// Lock takes the lock, waiting in arrival order behind earlier waiters until
+// it is held or ctx is done. Each waiter watches only the one ahead of it.
+// Transient etcd errors are retried with the WithBackoff policy, each retry
+// reported as a Retrying event; permanent errors are returned at once. If
+// ctx ends first, Lock leaves the queue, removes its key from etcd, and
+// returns an error for which errors.Is(err, ctx.Err()) is true. If its place
+// in the queue is lost while it waits (its lease expired or its key was
+// deleted), Lock returns an error wrapping ErrLockLost.
+func (m *Mutex) Lock(ctx context.Context) error {
+	return m.acquire(ctx, true)
+}
+
+// Unlock releases the lock, in one etcd request. It returns an error wrapping
+// ErrNotOwner if this Mutex does not hold the lock (also wrapping
+// ErrLockLost if the hold was lost). If etcd cannot be reached, the hold
+// still ends here and now, Unlock returns the error, and the key is deleted
+// in the background or expires with its lease.
+func (m *Mutex) Unlock(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	done, err := m.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	h := m.current()
+	if h == nil {
+		return m.notOwner()
+	}
+	return m.release(ctx, h)
+}
+
+// Renew refreshes the lease of the current hold now. Renewal is automatic
+// while the lock is held; Renew is for callers that want to be sure before a
+// long step. It returns an error wrapping ErrNotOwner when the lock is not
+// held, and one wrapping ErrLockLost if etcd says the lease is gone.
+func (m *Mutex) Renew(ctx context.Context) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	h := m.current()
+	if h == nil {
+		return m.notOwner()
+	}
+	err := h.lease.keepAliveOnce(ctx)
+	switch {
+	case err == nil:
+		h.emit(Event{Type: Renewed})
+		return nil
+	case errors.Is(err, errLeaseGone):
+		h.lease.retire()
+		if h.lose("the lease expired or was revoked on the server", nil) {
+			h.lease.detach(h)
+			h.emitLost()
+		}
+		return h.lostCause()
+	default:
+		return fmt.Errorf("microlock: renewing %s: %w", quoteKey(m.key), err)
+	}
+}
+
+// Close releases the lock if this Mutex holds it, aborts a Lock that is
+// waiting, and stops every goroutine and watch the Mutex started, waiting
+// for them. It returns the release error, if any. After Close, Lock, TryLock
+// and Unlock return ErrClosed. Close is idempotent.
+func (m *Mutex) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	if m.opCancel != nil {
+		m.opCancel()
+	}
+	m.mu.Unlock()
+
+	m.op <- struct{}{} // the running operation, if any, was just told to stop
+	defer func() { <-m.op }()
+	var err error
+	if h := m.current(); h != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), ReleaseTimeout)
+		err = m.release(ctx, h)
+		cancel()
+	}
+	m.mu.Lock()
+	last := m.h
+	m.mu.Unlock()
+	if last != nil {
+		last.finish()
+	}
+	return err
+}
+
+// Done returns a channel that is closed when the current hold ends, released
+// or lost. Without a current hold it returns the last hold's channel, which
+// is closed; before the first hold it returns a closed channel.
+func (m *Mutex) Done() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.h == nil {
+		return closedChan
+	}
+	return m.h.ctx.Done()
+}
+
+// Err reports why the last hold ended: nil while held, after Unlock and
+// before the first hold; an error wrapping ErrLockLost after a loss.
+func (m *Mutex) Err() error {
+	m.mu.Lock()
+	h := m.h
+	m.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	return h.lostCause()
+}
+
+// Token returns the fencing token of the current hold, or 0 when the lock is
+// not held. Tokens of successive holds of one key strictly increase (it is the
+// create revision of the hold's key in etcd). Pass it to the systems the
+// work writes to, and have them refuse a token lower than one they have seen.
+func (m *Mutex) Token() int64 {
+	if h := m.current(); h != nil {
+		return h.rev.Load()
+	}
+	return 0
+}
+
+// IsOwner returns an etcd comparison that is true only while this hold
+// lasts. Put it in the If of your own Txn and a write from a holder that has
+// lost the lock cannot land, however late it arrives. Without a current hold
+// it returns a comparison that is never true.
+func (m *Mutex) IsOwner() clientv3.Cmp {
+	if h := m.current(); h != nil {
+		return clientv3.Compare(clientv3.CreateRevision(h.key), "=", h.rev.Load())
+	}
+	// No key has a negative create revision.
+	return clientv3.Compare(clientv3.CreateRevision(m.pfx), "<", 0)
+}
+
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+var errNilContext = errors.New("microlock: nil context")
+
+// current returns the hold if it is live, or nil.
+func (m *Mutex) current() *hold {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.h == nil || m.h.ctx.Err() != nil {
+		return nil
+	}
+	return m.h
+}
+
+func (m *Mutex) notOwner() error {
+	m.mu.Lock()
+	h := m.h
+	m.mu.Unlock()
+	if h != nil {
+		if cause := h.lostCause(); cause != nil {
+			return fmt.Errorf("%w: %w", ErrNotOwner, cause)
+		}
+	}
+	return ErrNotOwner
+}
+
+// begin waits for the Mutex's other operations to finish and registers a
+// cancel func so that Close can abort this one. The returned func ends the
+// operation.
+func (m *Mutex) begin(ctx context.Context) (done func(), err error) {
+	select {
+	case m.op <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("microlock: %s: %w", quoteKey(m.key), ctx.Err())
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		<-m.op
+		return nil, ErrClosed
+	}
+	m.mu.Unlock()
+	return func() { <-m.op }, nil
+}
+
+// release deletes the hold's key if it still has the hold's revision.
+func (m *Mutex) release(ctx context.Context, h *hold) error {
+	rev := h.rev.Load()
+	h.releasing.Store(true)
+	resp, err := m.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
+		Then(clientv3.OpDelete(h.key)).
+		Commit()
+	switch {
+	case err != nil:
+		// The hold ends here either way; the renewal loop keeps trying to
+		// delete the key, and the lease's expiry deletes it at the latest.
+		h.lease.orphan(h.key, rev)
+		err = fmt.Errorf("microlock: releasing %s: %w", quoteKey(m.key), err)
+		if h.end(errReleased) {
+			h.finish()
+			h.emit(Event{Type: Released, Err: err})
+		}
+		return err
+	case !resp.Succeeded:
+		lost := h.lose("its key was gone when it was released", nil)
+		h.finish()
+		if lost {
+			h.emitLost()
+		}
+		return m.notOwner()
+	default:
+		released := h.end(errReleased)
+		h.finish()
+		if released {
+			h.emit(Event{Type: Released})
+			return nil
+		}
+		return m.notOwner() // lost just before the delete landed
+	}
+}
+
+// acquire is Lock (wait) and TryLock (!wait).
+func (m *Mutex) acquire(ctx context.Context, wait bool) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	done, err := m.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if h := m.current(); h != nil {
+		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load()}
+	}
+	m.mu.Lock()
+	last := m.h
+	m.mu.Unlock()
+	if last != nil {
+		last.finish() // a lost hold's goroutine and lease reference
+	}
+
+	// Close cancels the operation through opCancel.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.mu.Lock()
+	m.opCancel = cancel
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.opCancel = nil
+		m.mu.Unlock()
+	}()
+
+	if !wait {
+		return m.tryOnce(ctx)
+	}
+	return m.lock(ctx)
+}
+
+// retrier returns a func that, for a transient error, reports it as a
+// Retrying event, sleeps as long as the backoff policy says and reports true;
+// for any other error, an ended ctx or a stopped policy, it reports false.
+func (m *Mutex) retrier() func(ctx context.Context, err error) bool {
+	var bo interface{ NextBackOff() time.Duration }
+	return func(ctx context.Context, err error) bool {
+		if ctx.Err() != nil || !transient(err) {
+			return false
+		}
+		if bo == nil {
+			bo = m.opts.newBackoff()
+		}
+		pause := bo.NextBackOff()
+		if pause < 0 { // backoff.Stop
+			return false
+		}
+		if hook := m.opts.hook; hook != nil {
+			hook(Event{Type: Retrying, Key: m.key, Holder: m.opts.nodeID, Err: fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), err)})
+		}
+		t := time.NewTimer(pause)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// lock is Lock: take a place in the queue with one Txn that also reads the
+// predecessor, then wait for the predecessors' keys to go. Transient errors
+// are retried in place, with the same key, so that a write that landed
+// unseen is found again rather than left behind.
+func (m *Mutex) lock(ctx context.Context) error {
+	retry := m.retrier()
+	for {
+		h, actx, stop, err := m.newAttempt(ctx)
+		if err != nil {
+			if retry(ctx, err) {
+				continue
+			}
+			return m.wrapErr(ctx, "locking", err)
+		}
+		err = m.queue(actx, h, retry)
+		stop()
+		if !errors.Is(err, errStaleLease) {
+			return err
+		}
+	}
+}
+
+// errStaleLease says the attempt's lease was unknown to etcd: the attempt
+// was abandoned and a new one, on a new lease, should follow.
+var errStaleLease = errors.New("microlock: stale lease")
+
+// queue runs one Lock attempt on h.
+func (m *Mutex) queue(ctx context.Context, h *hold, retry func(context.Context, error) bool) error {
+	var rev, from int64
+	var pred string
+	for {
+		var first bool
+		var err error
+		rev, pred, first, from, err = m.enqueue(ctx, h)
+		if err == nil {
+			if first {
+				return m.held(ctx, h, rev)
+			}
+			break
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			h.lease.gone()
+			m.abandon(h, keyAbsent)
+			return errStaleLease
+		}
+		if h.ctx.Err() == nil && retry(ctx, err) {
+			continue
+		}
+		werr := m.wrapErr(ctx, "locking", err)
+		m.abandon(h, keyUnknown(ctx, err))
+		return werr
+	}
+	for {
+		err := m.waitTurn(ctx, h, rev, pred, from)
+		if err == nil {
+			return m.held(ctx, h, rev)
+		}
+		if h.ctx.Err() == nil && retry(ctx, err) {
+			pred = "" // look again
+			continue
+		}
+		werr := m.wrapErr(ctx, "waiting for", err)
+		m.abandon(h, keyPresent)
+		return werr
+	}
+}
+
+// newAttempt returns a hold on a live lease, and a context that ends when
+// ctx ends or the hold does (its lease lost), with the reason as its cause.
+func (m *Mutex) newAttempt(ctx context.Context) (*hold, context.Context, func(), error) {
+	for {
+		l, err := leases.acquire(ctx, m.client, m.opts.ttlSeconds())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		h := newHold(m, l)
+		if err := l.attach(h); err != nil {
+			l.unref() // it ended in between: take another
+			continue
+		}
+		actx, acancel := context.WithCancelCause(ctx)
+		unlink := h.link(acancel)
+		return h, actx, func() { unlink(); acancel(nil) }, nil
+	}
+}
+
+// tryOnce is TryLock: one Txn that puts our key only if nothing is under the
+// prefix, and otherwise reads the holder. If etcd no longer knows the
+// client's lease, it tries once more on a new one.
+func (m *Mutex) tryOnce(ctx context.Context) error {
+	for attempt := 1; ; attempt++ {
+		err := m.tryLease(ctx)
+		if !errors.Is(err, errStaleLease) {
+			return err
+		}
+		if attempt == 2 {
+			return fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), rpctypes.ErrLeaseNotFound)
+		}
+	}
+}
+
+func (m *Mutex) tryLease(ctx context.Context) error {
+	h, actx, stop, err := m.newAttempt(ctx)
+	if err != nil {
+		return m.wrapErr(ctx, "locking", err)
+	}
+	defer stop()
+	resp, err := m.client.Txn(actx).
+		If(clientv3.Compare(clientv3.CreateRevision(m.pfx), "=", 0).WithPrefix()).
+		Then(clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id))).
+		Else(clientv3.OpGet(m.pfx, clientv3.WithFirstCreate()...)).
+		Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		h.lease.gone()
+		m.abandon(h, keyAbsent)
+		return errStaleLease
+	}
+	if err != nil {
+		werr := m.wrapErr(actx, "locking", err)
+		m.abandon(h, keyUnknown(actx, err))
+		return werr
+	}
+	if !resp.Succeeded {
+		m.abandon(h, keyAbsent)
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 { // cannot happen: the compare saw a key at this revision
+			return fmt.Errorf("microlock: locking %s: the holder vanished", quoteKey(m.key))
+		}
+		return &AlreadyLockedError{Key: m.key, Holder: string(kvs[0].Value), Token: kvs[0].CreateRevision}
+	}
+	return m.held(actx, h, resp.Header.Revision)
+}
+
+// held makes h the current hold: the lock is ours with token rev.
+func (m *Mutex) held(ctx context.Context, h *hold, rev int64) error {
+	h.rev.Store(rev)
+	if h.ctx.Err() != nil {
+		// The lease was lost while the request was in flight.
+		err := fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), context.Cause(h.ctx))
+		m.abandon(h, keyPresent)
+		return err
+	}
+	m.mu.Lock()
+	m.h = h
+	m.mu.Unlock()
+	h.watchLater()
+	h.emit(Event{Type: Acquired})
+	return nil
+}
+
+// keyState says what an abandoned attempt may have left in etcd.
+type keyState int
+
+const (
+	keyAbsent  keyState = iota // nothing was written
+	keyPresent                 // our key is there
+	keyMaybe                   // a write's outcome is unknown
+	keyRefused                 // etcd refused the write for good (permission, size)
+)
+
+// keyUnknown classifies the failure of a write: a permanent etcd error was
+// not applied; anything else (a timeout, a cancel, a lost connection) may
+// have been.
+func keyUnknown(ctx context.Context, err error) keyState {
+	if ctx.Err() == nil && !transient(err) {
+		return keyRefused
+	}
+	return keyMaybe
+}
+
+// abandon gives up an attempt and cleans up after it. A key that is or may
+// be there is deleted now, or failing that by the renewal loop. A lease
+// whose keys we cannot account for is retired, so that they go with it; so is
+// one refused by etcd, so that a lease granted for nothing does not linger.
+func (m *Mutex) abandon(h *hold, state keyState) {
+	h.end(errReleased)
+	if state == keyPresent || state == keyMaybe {
+		ctx, cancel := context.WithTimeout(context.Background(), abandonTimeout)
+		_, err := m.client.Delete(ctx, h.key)
+		cancel()
+		if err != nil {
+			h.lease.orphan(h.key, 0)
+		}
+		if err != nil || state == keyMaybe {
+			h.lease.retire()
+		}
+	}
+	if state == keyRefused {
+		h.lease.retire()
+	}
+	h.finish()
+}
+
+// wrapErr describes an error of an etcd operation. When ctx ended, the
+// error matches ctx's error (and its cause, if the hold was lost).
+func (m *Mutex) wrapErr(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
+			return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), cause)
+		}
+		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), ctx.Err())
+	}
+	return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), err)
+}
+
+// quoteKey quotes a key for an error message, shortened if long.
+func quoteKey(k string) string {
+	const max = 64
+	if len(k) > max {
+		return fmt.Sprintf("%q...(%d bytes)", k[:max], len(k))
+	}
+	return fmt.Sprintf("%q", k)
+}

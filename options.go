@@ -1,0 +1,158 @@
+package microlock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Defaults applied before any Option.
+const (
+	// DefaultTTL is the lease TTL a lock asks for when WithTTL is not given.
+	DefaultTTL = 10 * time.Second
+	// MinTTL is the smallest TTL WithTTL accepts. etcd may grant more (its
+	// minimum lease TTL depends on the election timeout); the library always
+	// works with the TTL etcd granted.
+	MinTTL = time.Second
+	// MaxNodeIDLen bounds the node ID, which is stored as the lock's value.
+	MaxNodeIDLen = 4096
+	// ReleaseTimeout bounds the release that WithLock performs after fn
+	// returns, whatever the state of the caller's context.
+	ReleaseTimeout = 5 * time.Second
+)
+
+// An Option configures a Mutex, WithLock or Watch.
+type Option interface {
+	apply(*options)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type options struct {
+	ttl        time.Duration
+	nodeID     string
+	newBackoff func() backoff.BackOff
+	hook       func(Event)
+	noWait     bool
+	errs       []error // collected while applying, reported by validate
+}
+
+// WithTTL sets the lease TTL. etcd grants whole seconds: ttl is rounded up to
+// the next second, and etcd may grant more than asked. A TTL below MinTTL is
+// rejected.
+func WithTTL(ttl time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if ttl < MinTTL {
+			o.errs = append(o.errs, fmt.Errorf("microlock: TTL %v is below the minimum of %v", ttl, MinTTL))
+			return
+		}
+		o.ttl = ttl
+	})
+}
+
+// WithNodeID sets the ID stored as the lock's value while this node holds it
+// (Microlock's node_id). It is what AlreadyLockedError.Holder and Watch
+// report. The default is the hostname and the process ID. An ID that is empty,
+// only white space, not valid UTF-8 or longer than MaxNodeIDLen is rejected.
+func WithNodeID(id string) Option {
+	return optionFunc(func(o *options) {
+		switch {
+		case strings.TrimSpace(id) == "":
+			o.errs = append(o.errs, errors.New("microlock: empty node ID"))
+		case !utf8.ValidString(id):
+			o.errs = append(o.errs, errors.New("microlock: node ID is not valid UTF-8"))
+		case len(id) > MaxNodeIDLen:
+			o.errs = append(o.errs, fmt.Errorf("microlock: node ID is %d bytes, more than %d", len(id), MaxNodeIDLen))
+		default:
+			o.nodeID = id
+		}
+	})
+}
+
+// WithBackoff sets the retry policy for transient etcd errors while acquiring
+// (no leader, unreachable endpoint, timeouts). newPolicy is called for a fresh
+// policy at the start of each retry sequence; when the policy returns
+// backoff.Stop, the last error is returned. The default is exponential from
+// 50 ms to 2 s with jitter, without limit other than the context.
+func WithBackoff(newPolicy func() backoff.BackOff) Option {
+	return optionFunc(func(o *options) {
+		if newPolicy == nil {
+			o.errs = append(o.errs, errors.New("microlock: nil backoff policy"))
+			return
+		}
+		o.newBackoff = newPolicy
+	})
+}
+
+// OnEvent registers a hook for this Mutex's lifecycle events: Acquired,
+// Renewed, Released, Lost and Retrying. Hooks run synchronously in the
+// goroutine that caused the event, after the state change they report, and
+// must return quickly and must not call the Mutex's methods. A later OnEvent
+// replaces an earlier one.
+func OnEvent(hook func(Event)) Option {
+	return optionFunc(func(o *options) {
+		if hook == nil {
+			o.errs = append(o.errs, errors.New("microlock: nil event hook"))
+			return
+		}
+		o.hook = hook
+	})
+}
+
+// NoWait makes WithLock fail at once with *AlreadyLockedError when another
+// holder has the lock, instead of waiting for it.
+func NoWait() Option {
+	return optionFunc(func(o *options) { o.noWait = true })
+}
+
+// newOptions applies opts over the defaults and validates the result; it does
+// no I/O.
+func newOptions(opts []Option) (*options, error) {
+	o := &options{ttl: DefaultTTL, newBackoff: defaultBackoff}
+	for _, opt := range opts {
+		if opt == nil {
+			o.errs = append(o.errs, errors.New("microlock: nil option"))
+			continue
+		}
+		opt.apply(o)
+	}
+	if len(o.errs) > 0 {
+		return nil, errors.Join(o.errs...)
+	}
+	if o.nodeID == "" {
+		o.nodeID = defaultNodeID()
+	}
+	return o, nil
+}
+
+// ttlSeconds is the TTL to ask etcd for: whole seconds, rounded up.
+func (o *options) ttlSeconds() int64 {
+	return int64((o.ttl + time.Second - 1) / time.Second)
+}
+
+func defaultNodeID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	return host + ":" + strconv.Itoa(os.Getpid())
+}
+
+func defaultBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	b.MaxInterval = 2 * time.Second
+	b.RandomizationFactor = 0.5
+	b.Multiplier = 2
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
