@@ -93,7 +93,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	done, err := m.begin(ctx)
+	done, err := m.begin(ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -158,10 +158,7 @@ func (m *Mutex) Close() error {
 		err = m.release(ctx, h)
 		cancel()
 	}
-	m.mu.Lock()
-	last := m.h
-	m.mu.Unlock()
-	if last != nil {
+	if last := m.last(); last != nil {
 		last.finish()
 	}
 	return err
@@ -182,9 +179,7 @@ func (m *Mutex) Done() <-chan struct{} {
 // Err reports why the last hold ended: nil while held, after Unlock and
 // before the first hold; an error wrapping ErrLockLost after a loss.
 func (m *Mutex) Err() error {
-	m.mu.Lock()
-	h := m.h
-	m.mu.Unlock()
+	h := m.last()
 	if h == nil {
 		return nil
 	}
@@ -222,6 +217,13 @@ var closedChan = func() chan struct{} {
 
 var errNilContext = errors.New("microlock: nil context")
 
+// last returns the current or last hold, live or not, or nil.
+func (m *Mutex) last() *hold {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.h
+}
+
 // current returns the hold if it is live, or nil.
 func (m *Mutex) current() *hold {
 	m.mu.Lock()
@@ -233,10 +235,7 @@ func (m *Mutex) current() *hold {
 }
 
 func (m *Mutex) notOwner() error {
-	m.mu.Lock()
-	h := m.h
-	m.mu.Unlock()
-	if h != nil {
+	if h := m.last(); h != nil {
 		if cause := h.lostCause(); cause != nil {
 			return fmt.Errorf("%w: %w", ErrNotOwner, cause)
 		}
@@ -244,23 +243,30 @@ func (m *Mutex) notOwner() error {
 	return ErrNotOwner
 }
 
-// begin waits for the Mutex's other operations to finish and registers a
-// cancel func so that Close can abort this one. The returned func ends the
-// operation.
-func (m *Mutex) begin(ctx context.Context) (done func(), err error) {
+// begin waits for the Mutex's other operations to finish, and registers
+// cancel (if not nil) so that Close can abort this one. The returned func
+// ends the operation.
+func (m *Mutex) begin(ctx context.Context, cancel context.CancelFunc) (done func(), err error) {
 	select {
 	case m.op <- struct{}{}:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("microlock: %s: %w", quoteKey(m.key), ctx.Err())
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.closed {
-		m.mu.Unlock()
 		<-m.op
 		return nil, ErrClosed
 	}
-	m.mu.Unlock()
-	return func() { <-m.op }, nil
+	// Close sets closed and reads opCancel under mu: either it sees this
+	// cancel, or this operation saw closed above.
+	m.opCancel = cancel
+	return func() {
+		m.mu.Lock()
+		m.opCancel = nil
+		m.mu.Unlock()
+		<-m.op
+	}, nil
 }
 
 // release deletes the hold's key if it still has the hold's revision.
@@ -305,7 +311,10 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	done, err := m.begin(ctx)
+	// Close cancels the operation through the cancel func begin registers.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done, err := m.begin(ctx, cancel)
 	if err != nil {
 		return err
 	}
@@ -313,24 +322,9 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if h := m.current(); h != nil {
 		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load()}
 	}
-	m.mu.Lock()
-	last := m.h
-	m.mu.Unlock()
-	if last != nil {
+	if last := m.last(); last != nil {
 		last.finish() // a lost hold's goroutine and lease reference
 	}
-
-	// Close cancels the operation through opCancel.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	m.mu.Lock()
-	m.opCancel = cancel
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.opCancel = nil
-		m.mu.Unlock()
-	}()
 
 	if !wait {
 		return m.tryOnce(ctx)

@@ -57,7 +57,7 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 		return err
 	}
 
-	h := m.current()
+	h := m.last() // live, or lost already: then link cancels at once
 	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
 	h.link(cancel)
 	defer func() {
