@@ -2,10 +2,9 @@ package microlock
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,12 +45,12 @@ type hold struct {
 }
 
 func newHold(m *Mutex, l *lease) *hold {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	h := &hold{
 		m:     m,
 		lease: l,
-		key:   fmt.Sprintf("%s%x_%s", m.pfx, int64(l.id), hex.EncodeToString(b[:])),
+		// 64 random bits make the key unique to this acquisition; it need
+		// not be unpredictable, only never reused.
+		key:   m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.FormatUint(rand.Uint64(), 16),
 		links: make(map[int]context.CancelCauseFunc),
 	}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -138,13 +139,15 @@ func (o *options) ttlSeconds() int64 {
 	return int64((o.ttl + time.Second - 1) / time.Second)
 }
 
-func defaultNodeID() string {
+// defaultNodeID is computed once: it cannot change while the process runs,
+// and WithLock should not pay a system call for it on every call.
+var defaultNodeID = sync.OnceValue(func() string {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "unknown-host"
 	}
 	return host + ":" + strconv.Itoa(os.Getpid())
-}
+})
 
 func defaultBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
