@@ -123,11 +123,7 @@ func (m *Mutex) Renew(ctx context.Context) error {
 		h.emit(Event{Type: Renewed})
 		return nil
 	case errors.Is(err, errLeaseGone):
-		h.lease.retire()
-		if h.lose("the lease expired or was revoked on the server", nil) {
-			h.lease.detach(h)
-			h.emitLost()
-		}
+		h.lease.gone() // every hold on the lease is lost, this one too
 		return h.lostCause()
 	default:
 		return fmt.Errorf("microlock: renewing %s: %w", quoteKey(m.key), err)
