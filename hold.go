@@ -34,14 +34,16 @@ type hold struct {
 	ctx    context.Context // cancelled, with the reason, when the hold ends
 	cancel context.CancelCauseFunc
 
-	mu          sync.Mutex
-	links       map[int]context.CancelCauseFunc // contexts that end with the hold
-	nextLink    int
-	lostEmitted bool
-	watchTimer  *time.Timer
+	mu         sync.Mutex
+	links      map[int]context.CancelCauseFunc // contexts that end with the hold
+	nextLink   int
+	watchTimer *time.Timer
 
 	watchers   sync.WaitGroup // the own-key watch goroutine
 	finishOnce sync.Once
+
+	emitMu sync.Mutex // held while a hook runs for this hold
+	final  bool       // Released or Lost was delivered
 }
 
 func newHold(m *Mutex, l *lease) *hold {
@@ -112,29 +114,32 @@ func (h *hold) lostCause() error {
 	return nil
 }
 
-// emitLost reports the loss of a held lock once.
+// emitLost reports the loss of a held lock.
 func (h *hold) emitLost() {
-	cause := h.lostCause()
-	if cause == nil || h.rev.Load() == 0 {
-		return
-	}
-	h.mu.Lock()
-	already := h.lostEmitted
-	h.lostEmitted = true
-	h.mu.Unlock()
-	if !already {
+	if cause := h.lostCause(); cause != nil && h.rev.Load() != 0 {
 		h.emit(Event{Type: Lost, Err: cause})
 	}
 }
 
 // emit delivers ev to the Mutex's hook, filled in with this hold's details.
+// Hooks of one hold run one at a time, and none after its final event
+// (Released or Lost): a Renewed from the shared renewal loop cannot arrive
+// after Unlock has returned.
 func (h *hold) emit(ev Event) {
-	if hook := h.m.opts.hook; hook != nil {
-		ev.Key = h.m.key
-		ev.Holder = h.m.opts.nodeID
-		ev.Token = h.rev.Load()
-		hook(ev)
+	hook := h.m.opts.hook
+	if hook == nil {
+		return
 	}
+	h.emitMu.Lock()
+	defer h.emitMu.Unlock()
+	if h.final {
+		return
+	}
+	h.final = ev.Type == Released || ev.Type == Lost
+	ev.Key = h.m.key
+	ev.Holder = h.m.opts.nodeID
+	ev.Token = h.rev.Load()
+	hook(ev)
 }
 
 // watchLater starts, after holdWatchDelay, the watch that notices the hold's

@@ -139,9 +139,15 @@ type lease struct {
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
 	orphans   map[string]int64 // keys whose release failed: key → create revision
+	// timer fires at the deadline. It runs apart from the renewal loop, so
+	// that nothing the loop waits for (a hook, a request) can delay the loss
+	// signal; it only cancels, and leaves the Lost events to the loop.
+	timer   *time.Timer
+	expired []*hold // holds the timer ended, for run to report
 
-	wake chan struct{} // deadline moved, refs hit zero, or orphans added
-	done chan struct{} // closed when run returns
+	timers sync.WaitGroup // the timer's callback, if it runs
+	wake   chan struct{}  // refs hit zero, retired, orphans added, or expired
+	done   chan struct{}  // closed when run returns
 }
 
 // grant asks etcd for a new lease. The local deadline counts from the
@@ -170,7 +176,38 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 	}, nil
 }
 
-func (l *lease) start() { go l.run() }
+func (l *lease) start() {
+	l.mu.Lock()
+	l.armLocked()
+	l.mu.Unlock()
+	go l.run()
+}
+
+// armLocked sets the timer to the current deadline. l.mu is held.
+func (l *lease) armLocked() {
+	if l.timer != nil && l.timer.Stop() {
+		l.timers.Done() // that callback will never run
+	}
+	l.timers.Add(1)
+	l.timer = time.AfterFunc(time.Until(l.deadline), l.expire)
+}
+
+// expire is the timer's callback: if the deadline has really passed (a
+// renewal may have moved it meanwhile), every hold on the lease is lost.
+func (l *lease) expire() {
+	defer l.timers.Done()
+	l.mu.Lock()
+	if l.ended || time.Now().Before(l.deadline) {
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	holds := l.end("no renewal was acknowledged in time", nil)
+	l.mu.Lock()
+	l.expired = holds
+	l.mu.Unlock()
+	l.poke()
+}
 
 // ref takes a reference unless the lease has ended or is about to.
 func (l *lease) ref() bool {
@@ -230,7 +267,7 @@ var errLeaseEnded = errors.New("lease ended")
 // on its own at its next renewal; this tells new holds at once.
 func (l *lease) gone() {
 	l.retire()
-	l.end("the lease expired or was revoked on the server", nil)
+	emitLost(l.end("the lease expired or was revoked on the server", nil))
 }
 
 // retire stops l from taking new holds and has it revoked as soon as it is
@@ -261,11 +298,11 @@ func (l *lease) orphan(key string, rev int64) {
 func (l *lease) extend(t0 time.Time, ttl time.Duration) {
 	d := lossDeadline(t0, ttl)
 	l.mu.Lock()
-	if d.After(l.deadline) {
+	if !l.ended && d.After(l.deadline) {
 		l.deadline = d
+		l.armLocked()
 	}
 	l.mu.Unlock()
-	l.poke()
 }
 
 // keepAliveOnce renews the lease once. The returned error wraps
@@ -286,20 +323,27 @@ func (l *lease) keepAliveOnce(ctx context.Context) error {
 var errLeaseGone = errors.New("lease expired or revoked on the server")
 
 // run renews the lease every TTL/3, retries failures until the deadline,
-// deletes orphaned keys, and ends the lease on its deadline, on a server
-// answer that it is gone, when its client closes, or when it has been unused
-// for leaseLinger (at once if retired). It is the only goroutine per lease,
-// and it ends by itself; the renewal request runs in a child goroutine so
-// that a hung request cannot delay the deadline.
+// deletes orphaned keys, and ends the lease on a server answer that it is
+// gone, when its client closes, or when it has been unused for leaseLinger
+// (at once if retired). It reports the losses the deadline timer caused. It
+// is the only long-lived goroutine per lease, and it ends by itself; the
+// renewal request runs in a child goroutine so that a hung request cannot
+// hold the loop.
 func (l *lease) run() {
 	defer close(l.done)
+	defer func() {
+		l.mu.Lock()
+		if l.timer.Stop() {
+			l.timers.Done()
+		}
+		l.mu.Unlock()
+		l.timers.Wait()
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
 
-	deadline := time.NewTimer(time.Until(l.currentDeadline()))
-	defer deadline.Stop()
 	renew := time.NewTimer(l.ttl / 3)
 	defer renew.Stop()
 	idle := time.NewTimer(leaseLinger)
@@ -314,16 +358,8 @@ func (l *lease) run() {
 
 	for {
 		select {
-		case <-deadline.C:
-			if d := l.currentDeadline(); time.Now().Before(d) {
-				deadline.Reset(time.Until(d))
-				continue
-			}
-			l.end("no renewal was acknowledged in time", nil)
-			return
-
 		case <-l.client.Ctx().Done():
-			l.end("the etcd client was closed", l.client.Ctx().Err())
+			emitLost(l.end("the etcd client was closed", l.client.Ctx().Err()))
 			return
 
 		case <-renew.C:
@@ -350,26 +386,30 @@ func (l *lease) run() {
 			switch {
 			case err == nil:
 				retry = 0
-				deadline.Reset(time.Until(l.currentDeadline()))
 				l.notify(Event{Type: Renewed})
 				renew.Reset(time.Until(lastSend.Add(l.ttl / 3)))
 			case errors.Is(err, errLeaseGone):
-				l.end("the lease expired or was revoked on the server", nil)
+				emitLost(l.end("the lease expired or was revoked on the server", nil))
 				return
 			case transient(err):
 				l.notify(Event{Type: Retrying, Err: fmt.Errorf("microlock: renewing lease %x: %w", int64(l.id), err)})
 				retry = min(max(2*retry, 100*time.Millisecond), max(l.ttl/6, 100*time.Millisecond))
 				renew.Reset(retry)
 			default:
-				l.end("renewing the lease failed", err)
+				emitLost(l.end("renewing the lease failed", err))
 				return
 			}
 
 		case <-l.wake:
-			deadline.Reset(time.Until(l.currentDeadline()))
 			l.mu.Lock()
+			ended, expired := l.ended, l.expired
+			l.expired = nil
 			unused, retired, since := l.refs == 0, l.retired, l.idleSince
 			l.mu.Unlock()
+			if ended {
+				emitLost(expired)
+				return
+			}
 			if unused && retired {
 				if l.close(cancel, &wg) {
 					return
@@ -418,6 +458,24 @@ func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
 	return true
 }
 
+// retireIfUnused retires l if nothing uses it, and then waits for its
+// goroutine to revoke it and stop. It reports whether it did.
+func (l *lease) retireIfUnused() bool {
+	l.mu.Lock()
+	unused := l.refs == 0 && !l.ended
+	if unused {
+		l.retired = true
+	}
+	l.mu.Unlock()
+	if !unused {
+		return false
+	}
+	leases.remove(l)
+	l.poke()
+	<-l.done
+	return true
+}
+
 func (l *lease) currentDeadline() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -460,11 +518,16 @@ func (l *lease) deleteOrphans(ctx context.Context, orphans map[string]int64) {
 	}
 }
 
-// end marks the lease ended and every hold on it lost: first every hold's
-// context is cancelled, then the Lost events are delivered, so that a slow
-// hook cannot delay another hold's loss signal.
-func (l *lease) end(reason string, err error) {
+// end marks the lease ended and every hold on it lost, and returns those
+// holds. It calls no hook: the caller reports the losses with emitLost, after
+// every hold's context is cancelled, so that a slow hook cannot delay
+// another hold's loss signal. Only the first call returns holds.
+func (l *lease) end(reason string, err error) []*hold {
 	l.mu.Lock()
+	if l.ended {
+		l.mu.Unlock()
+		return nil
+	}
 	l.ended = true
 	holds := make([]*hold, 0, len(l.holds))
 	for h := range l.holds {
@@ -476,6 +539,11 @@ func (l *lease) end(reason string, err error) {
 	for _, h := range holds {
 		h.lose(reason, err)
 	}
+	return holds
+}
+
+// emitLost delivers the Lost events of holds that end returned.
+func emitLost(holds []*hold) {
 	for _, h := range holds {
 		h.emitLost()
 	}

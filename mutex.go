@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -132,9 +133,17 @@ func (m *Mutex) Renew(ctx context.Context) error {
 
 // Close releases the lock if this Mutex holds it, aborts a Lock that is
 // waiting, and stops every goroutine and watch the Mutex started, waiting
-// for them. It returns the release error, if any. After Close, Lock, TryLock
-// and Unlock return ErrClosed. Close is idempotent.
+// for them; if no other lock of the same client and TTL uses the lease, it
+// is revoked now rather than kept for reuse. It returns the release error,
+// if any. After Close, Lock, TryLock and Unlock return ErrClosed. Close is
+// idempotent.
 func (m *Mutex) Close() error {
+	return m.close(true)
+}
+
+// close is Close; WithLock passes freeLease false, keeping an unused lease
+// for the next call.
+func (m *Mutex) close(freeLease bool) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -156,6 +165,9 @@ func (m *Mutex) Close() error {
 	}
 	if last := m.last(); last != nil {
 		last.finish()
+		if freeLease {
+			last.lease.retireIfUnused()
+		}
 	}
 	return err
 }
@@ -328,51 +340,59 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	return m.lock(ctx)
 }
 
-// retrier returns a func that, for a transient error, reports it as a
-// Retrying event, sleeps as long as the backoff policy says and reports true;
-// for any other error, an ended ctx or a stopped policy, it reports false.
-func (m *Mutex) retrier() func(ctx context.Context, err error) bool {
-	var bo interface{ NextBackOff() time.Duration }
-	return func(ctx context.Context, err error) bool {
-		if ctx.Err() != nil || !transient(err) {
-			return false
-		}
-		if bo == nil {
-			bo = m.opts.newBackoff()
-		}
-		pause := bo.NextBackOff()
-		if pause < 0 { // backoff.Stop
-			return false
-		}
-		if hook := m.opts.hook; hook != nil {
-			hook(Event{Type: Retrying, Key: m.key, Holder: m.opts.nodeID, Err: fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), err)})
-		}
-		t := time.NewTimer(pause)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-			return false
-		}
+// retrier retries transient errors with the Mutex's backoff policy. A fresh
+// policy starts each retry sequence: reset is called after every step that
+// succeeded.
+type retrier struct {
+	m  *Mutex
+	bo backoff.BackOff
+}
+
+// retry reports a transient error as a Retrying event, sleeps as long as the
+// policy says and reports true; for any other error, an ended ctx or a
+// stopped policy, it reports false.
+func (r *retrier) retry(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || !transient(err) {
+		return false
+	}
+	if r.bo == nil {
+		r.bo = r.m.opts.newBackoff()
+	}
+	pause := r.bo.NextBackOff()
+	if pause == backoff.Stop {
+		return false
+	}
+	if hook := r.m.opts.hook; hook != nil {
+		hook(Event{Type: Retrying, Key: r.m.key, Holder: r.m.opts.nodeID, Err: fmt.Errorf("microlock: locking %s: %w", quoteKey(r.m.key), err)})
+	}
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
+
+func (r *retrier) reset() { r.bo = nil }
 
 // lock is Lock: take a place in the queue with one Txn that also reads the
 // predecessor, then wait for the predecessors' keys to go. Transient errors
 // are retried in place, with the same key, so that a write that landed
 // unseen is found again rather than left behind.
 func (m *Mutex) lock(ctx context.Context) error {
-	retry := m.retrier()
+	r := &retrier{m: m}
 	for {
 		h, actx, stop, err := m.newAttempt(ctx)
 		if err != nil {
-			if retry(ctx, err) {
+			if r.retry(ctx, err) {
 				continue
 			}
 			return m.wrapErr(ctx, "locking", err)
 		}
-		err = m.queue(actx, h, retry)
+		r.reset()
+		err = m.queue(actx, h, r)
 		stop()
 		if !errors.Is(err, errStaleLease) {
 			return err
@@ -385,7 +405,7 @@ func (m *Mutex) lock(ctx context.Context) error {
 var errStaleLease = errors.New("microlock: stale lease")
 
 // queue runs one Lock attempt on h.
-func (m *Mutex) queue(ctx context.Context, h *hold, retry func(context.Context, error) bool) error {
+func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 	var rev, from int64
 	var pred string
 	for {
@@ -396,6 +416,7 @@ func (m *Mutex) queue(ctx context.Context, h *hold, retry func(context.Context, 
 			if first {
 				return m.held(ctx, h, rev)
 			}
+			r.reset()
 			break
 		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -403,7 +424,7 @@ func (m *Mutex) queue(ctx context.Context, h *hold, retry func(context.Context, 
 			m.abandon(h, keyAbsent)
 			return errStaleLease
 		}
-		if h.ctx.Err() == nil && retry(ctx, err) {
+		if h.ctx.Err() == nil && r.retry(ctx, err) {
 			continue
 		}
 		werr := m.wrapErr(ctx, "locking", err)
@@ -411,11 +432,11 @@ func (m *Mutex) queue(ctx context.Context, h *hold, retry func(context.Context, 
 		return werr
 	}
 	for {
-		err := m.waitTurn(ctx, h, rev, pred, from)
+		err := m.waitTurn(ctx, h, rev, pred, from, r.reset)
 		if err == nil {
 			return m.held(ctx, h, rev)
 		}
-		if h.ctx.Err() == nil && retry(ctx, err) {
+		if h.ctx.Err() == nil && r.retry(ctx, err) {
 			pred = "" // look again
 			continue
 		}

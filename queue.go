@@ -47,8 +47,9 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (rev int64, pred string, f
 
 // waitTurn returns when h's key, created at rev, is the first in the queue.
 // pred is the key ahead of it, or "" to look it up; events are watched from
-// revision from. If h's key goes, h is lost and waitTurn returns why.
-func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, from int64) error {
+// revision from. progress is called each time a predecessor goes. If h's
+// key goes, h is lost and waitTurn returns why.
+func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, from int64, progress func()) error {
 	for {
 		if pred == "" {
 			// Our key and the one just ahead of it, in one read.
@@ -74,6 +75,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, f
 			h.lose("its key was deleted while it waited", nil)
 			return context.Cause(h.ctx)
 		}
+		progress()
 		pred = ""
 	}
 }

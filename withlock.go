@@ -42,10 +42,10 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 		return err
 	}
 	if m.opts.noWait {
-		retry := m.retrier()
+		r := &retrier{m: m}
 		for {
 			err = m.TryLock(ctx)
-			if err == nil || errors.Is(err, ErrLocked) || !retry(ctx, err) {
+			if err == nil || errors.Is(err, ErrLocked) || !r.retry(ctx, err) {
 				break
 			}
 		}
@@ -53,7 +53,7 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 		err = m.Lock(ctx)
 	}
 	if err != nil {
-		_ = m.Close()
+		_ = m.close(false)
 		return err
 	}
 
@@ -68,7 +68,7 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), ReleaseTimeout)
 		uerr := m.Unlock(rctx)
 		rcancel()
-		_ = m.Close()
+		_ = m.close(false)
 		if lost == nil {
 			lost = h.lostCause() // lost between fn's return and the release
 		}
