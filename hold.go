@@ -3,7 +3,6 @@ package microlock
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,8 @@ const holdWatchDelay = 200 * time.Millisecond
 type hold struct {
 	m     *Mutex
 	lease *lease
-	key   string       // etcd key: the lock prefix, the lease ID and a random suffix
+	key   string       // etcd key: the lock prefix, the lease ID and a slot
+	slot  int          // unique among the lease's live keys under the prefix
 	rev   atomic.Int64 // create revision of key (the fencing token) once held
 	// releasing is set while Unlock deletes the key: the watch then leaves
 	// the verdict on the deletion it sees to the release's own answer.
@@ -41,18 +41,22 @@ type hold struct {
 
 	watchers   sync.WaitGroup // the own-key watch goroutine
 	finishOnce sync.Once
+	gone       atomic.Bool // the key is known to be deleted (or never written)
 
 	emitMu sync.Mutex // held while a hook runs for this hold
 	final  bool       // Released or Lost was delivered
 }
 
 func newHold(m *Mutex, l *lease) *hold {
+	slot := l.takeSlot(m.pfx)
 	h := &hold{
 		m:     m,
 		lease: l,
-		// 64 random bits make the key unique to this acquisition; it need
-		// not be unpredictable, only never reused.
-		key:   m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.FormatUint(rand.Uint64(), 16),
+		slot:  slot,
+		// The slot makes the key unique among the live keys of this lease
+		// under this prefix; a name is reused only once its key is known
+		// to be gone, so the create revision tells holds apart.
+		key:   m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(slot),
 		links: make(map[int]context.CancelCauseFunc),
 	}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
@@ -166,6 +170,9 @@ func (h *hold) finish() {
 		}
 		h.watchers.Wait()
 		h.lease.detach(h)
+		if h.gone.Load() {
+			h.lease.freeSlot(h.m.pfx, h.slot)
+		}
 		h.lease.unref()
 	})
 }

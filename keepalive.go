@@ -138,7 +138,8 @@ type lease struct {
 	ended     bool
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
-	orphans   map[string]int64 // keys whose release failed: key → create revision
+	orphans   map[*hold]int64             // holds whose key's release failed → its create revision (0: unknown)
+	slots     map[string]map[int]struct{} // per lock prefix, the key slots in use
 	// timer fires at the deadline. It runs apart from the renewal loop, so
 	// that nothing the loop waits for (a hook, a request) can delay the loss
 	// signal; it only cancels, and leaves the Lost events to the loop.
@@ -170,7 +171,8 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		ttl:      ttl,
 		deadline: lossDeadline(t0, ttl),
 		holds:    make(map[*hold]struct{}),
-		orphans:  make(map[string]int64),
+		orphans:  make(map[*hold]int64),
+		slots:    make(map[string]map[int]struct{}),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}, nil
@@ -282,15 +284,51 @@ func (l *lease) retire() {
 	l.poke()
 }
 
-// orphan queues key for deletion by the renewal loop: its release failed,
-// and the lease, kept alive for other holds, would otherwise keep it forever.
-func (l *lease) orphan(key string, rev int64) {
+// orphan queues h's key for deletion by the renewal loop: its release
+// failed, and the lease, kept alive for other holds, would otherwise keep it
+// forever. rev is its create revision, or 0 if unknown.
+func (l *lease) orphan(h *hold, rev int64) {
 	l.mu.Lock()
 	if !l.ended {
-		l.orphans[key] = rev
+		l.orphans[h] = rev
 	}
 	l.mu.Unlock()
 	l.poke()
+}
+
+// takeSlot returns the lowest key slot of prefix pfx free on l. Reusing key
+// names matters: etcd keeps a deleted key in its index until a compaction,
+// and every range read of the lock's prefix visits all of them, so a fresh
+// name per hold would make a busy lock slower hold after hold.
+func (l *lease) takeSlot(pfx string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	used := l.slots[pfx]
+	if used == nil {
+		used = make(map[int]struct{})
+		l.slots[pfx] = used
+	}
+	slot := 0
+	for {
+		if _, ok := used[slot]; !ok {
+			used[slot] = struct{}{}
+			return slot
+		}
+		slot++
+	}
+}
+
+// freeSlot returns a slot whose key is known to be gone from etcd. A slot
+// whose key's fate is unknown is never reused on this lease.
+func (l *lease) freeSlot(pfx string, slot int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if used := l.slots[pfx]; used != nil {
+		delete(used, slot)
+		if len(used) == 0 {
+			delete(l.slots, pfx)
+		}
+	}
 }
 
 // extend moves the deadline after a renewal sent at t0 was acknowledged with
@@ -482,38 +520,39 @@ func (l *lease) currentDeadline() time.Time {
 	return l.deadline
 }
 
-func (l *lease) orphanList() map[string]int64 {
+func (l *lease) orphanList() map[*hold]int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.orphans) == 0 {
 		return nil
 	}
-	out := make(map[string]int64, len(l.orphans))
-	for k, v := range l.orphans {
-		out[k] = v
+	out := make(map[*hold]int64, len(l.orphans))
+	for h, rev := range l.orphans {
+		out[h] = rev
 	}
 	return out
 }
 
 // deleteOrphans deletes keys whose release failed, each guarded by its
-// create revision so that nothing else is ever deleted.
-func (l *lease) deleteOrphans(ctx context.Context, orphans map[string]int64) {
-	for key, rev := range orphans {
+// create revision when known, so that nothing else is ever deleted.
+func (l *lease) deleteOrphans(ctx context.Context, orphans map[*hold]int64) {
+	for h, rev := range orphans {
 		var err error
 		if rev == 0 {
-			// The key's fate is unknown and its name is unique to one
-			// attempt: whatever is there is ours.
-			_, err = l.client.Delete(ctx, key)
+			// The key's fate is unknown and its slot is never reused
+			// meanwhile: whatever is there is ours.
+			_, err = l.client.Delete(ctx, h.key)
 		} else {
 			_, err = l.client.Txn(ctx).
-				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
-				Then(clientv3.OpDelete(key)).
+				If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
+				Then(clientv3.OpDelete(h.key)).
 				Commit()
 		}
 		if err == nil {
 			l.mu.Lock()
-			delete(l.orphans, key)
+			delete(l.orphans, h)
 			l.mu.Unlock()
+			l.freeSlot(h.m.pfx, h.slot)
 		}
 	}
 }

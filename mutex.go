@@ -94,7 +94,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	done, err := m.begin(ctx, nil)
+	done, err := m.begin(ctx)
 	if err != nil {
 		return err
 	}
@@ -251,10 +251,9 @@ func (m *Mutex) notOwner() error {
 	return ErrNotOwner
 }
 
-// begin waits for the Mutex's other operations to finish, and registers
-// cancel (if not nil) so that Close can abort this one. The returned func
+// begin waits for the Mutex's other operations to finish. The returned func
 // ends the operation.
-func (m *Mutex) begin(ctx context.Context, cancel context.CancelFunc) (done func(), err error) {
+func (m *Mutex) begin(ctx context.Context) (done func(), err error) {
 	select {
 	case m.op <- struct{}{}:
 	case <-ctx.Done():
@@ -266,15 +265,26 @@ func (m *Mutex) begin(ctx context.Context, cancel context.CancelFunc) (done func
 		<-m.op
 		return nil, ErrClosed
 	}
-	// Close sets closed and reads opCancel under mu: either it sees this
-	// cancel, or this operation saw closed above.
-	m.opCancel = cancel
 	return func() {
 		m.mu.Lock()
 		m.opCancel = nil
 		m.mu.Unlock()
 		<-m.op
 	}, nil
+}
+
+// onClose registers cancel for Close to call, to abort the running
+// operation. It reports false if the Mutex is closed already: Close sets
+// closed and reads opCancel under mu, so either it sees cancel or this sees
+// closed.
+func (m *Mutex) onClose(cancel func()) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false
+	}
+	m.opCancel = cancel
+	return true
 }
 
 // release deletes the hold's key if it still has the hold's revision.
@@ -289,7 +299,7 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 	case err != nil:
 		// The hold ends here either way; the renewal loop keeps trying to
 		// delete the key, and the lease's expiry deletes it at the latest.
-		h.lease.orphan(h.key, rev)
+		h.lease.orphan(h, rev)
 		err = fmt.Errorf("microlock: releasing %s: %w", quoteKey(m.key), err)
 		if h.end(errReleased) {
 			h.finish()
@@ -304,6 +314,7 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 		}
 		return m.notOwner()
 	default:
+		h.gone.Store(true)
 		released := h.end(errReleased)
 		h.finish()
 		if released {
@@ -319,10 +330,7 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	// Close cancels the operation through the cancel func begin registers.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done, err := m.begin(ctx, cancel)
+	done, err := m.begin(ctx)
 	if err != nil {
 		return err
 	}
@@ -406,15 +414,14 @@ var errStaleLease = errors.New("microlock: stale lease")
 
 // queue runs one Lock attempt on h.
 func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
-	var rev, from int64
-	var pred string
+	var p place
 	for {
 		var first bool
 		var err error
-		rev, pred, first, from, err = m.enqueue(ctx, h)
+		p, first, err = m.enqueue(ctx, h)
 		if err == nil {
 			if first {
-				return m.held(ctx, h, rev)
+				return m.held(ctx, h, p.rev)
 			}
 			r.reset()
 			break
@@ -432,12 +439,12 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 		return werr
 	}
 	for {
-		err := m.waitTurn(ctx, h, rev, pred, from, r.reset)
+		err := m.waitTurn(ctx, h, p, r.reset)
 		if err == nil {
-			return m.held(ctx, h, rev)
+			return m.held(ctx, h, p.rev)
 		}
 		if h.ctx.Err() == nil && r.retry(ctx, err) {
-			pred = "" // look again
+			p.pred = "" // look again
 			continue
 		}
 		werr := m.wrapErr(ctx, "waiting for", err)
@@ -456,12 +463,19 @@ func (m *Mutex) newAttempt(ctx context.Context) (*hold, context.Context, func(),
 		}
 		h := newHold(m, l)
 		if err := l.attach(h); err != nil {
-			l.unref() // it ended in between: take another
+			h.gone.Store(true)
+			h.finish() // the lease ended in between: take another
 			continue
 		}
 		actx, acancel := context.WithCancelCause(ctx)
 		unlink := h.link(acancel)
-		return h, actx, func() { unlink(); acancel(nil) }, nil
+		stop := func() { unlink(); acancel(nil) }
+		if !m.onClose(func() { acancel(ErrClosed) }) {
+			stop()
+			m.abandon(h, keyAbsent)
+			return nil, nil, nil, ErrClosed
+		}
+		return h, actx, stop, nil
 	}
 }
 
@@ -555,19 +569,24 @@ func keyUnknown(ctx context.Context, err error) keyState {
 // one refused by etcd, so that a lease granted for nothing does not linger.
 func (m *Mutex) abandon(h *hold, state keyState) {
 	h.end(errReleased)
-	if state == keyPresent || state == keyMaybe {
+	switch state {
+	case keyAbsent:
+		h.gone.Store(true)
+	case keyRefused:
+		h.gone.Store(true)
+		h.lease.retire()
+	case keyPresent, keyMaybe:
 		ctx, cancel := context.WithTimeout(context.Background(), abandonTimeout)
 		_, err := m.client.Delete(ctx, h.key)
 		cancel()
 		if err != nil {
-			h.lease.orphan(h.key, 0)
+			h.lease.orphan(h, 0)
+		} else {
+			h.gone.Store(true)
 		}
 		if err != nil || state == keyMaybe {
 			h.lease.retire()
 		}
-	}
-	if state == keyRefused {
-		h.lease.retire()
 	}
 	h.finish()
 }

@@ -2,10 +2,8 @@ package microlock
 
 import (
 	"context"
-	"errors"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,12 +15,21 @@ import (
 // exclude each other. Each waiter watches only the key just ahead of it (no
 // thundering herd), and its own key, whose deletion means its place is gone.
 
+// place is a waiter's view of the queue: its own key's create revision, the
+// key just ahead of it (empty when it must be looked up) with that key's
+// create revision, and the revision at which this was read.
+type place struct {
+	rev     int64
+	pred    string
+	predRev int64
+	readAt  int64
+}
+
 // enqueue writes h's key at the end of the queue unless it is already there
 // (an earlier attempt's write that landed unseen). In the same Txn, before
-// the put, it reads the last key of the queue: the predecessor. It returns
-// h's create revision, the predecessor's key ("" when it must be looked up),
-// whether h is first, and the revision to watch from.
-func (m *Mutex) enqueue(ctx context.Context, h *hold) (rev int64, pred string, first bool, from int64, err error) {
+// the put, it reads the last key of the queue: the predecessor. It reports
+// whether h is first.
+func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err error) {
 	resp, err := m.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)).
 		Then(
@@ -32,28 +39,30 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (rev int64, pred string, f
 		Else(clientv3.OpGet(h.key)).
 		Commit()
 	if err != nil {
-		return 0, "", false, 0, err
+		return place{}, false, err
 	}
-	from = resp.Header.Revision + 1
-	if !resp.Succeeded {
-		return resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision, "", false, from, nil
-	}
+	p.readAt = resp.Header.Revision
 	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return resp.Header.Revision, "", true, from, nil
+	if !resp.Succeeded {
+		p.rev = kvs[0].CreateRevision
+		return p, false, nil
 	}
-	return resp.Header.Revision, string(kvs[0].Key), false, from, nil
+	p.rev = resp.Header.Revision
+	if len(kvs) == 0 {
+		return p, true, nil
+	}
+	p.pred, p.predRev = string(kvs[0].Key), kvs[0].CreateRevision
+	return p, false, nil
 }
 
-// waitTurn returns when h's key, created at rev, is the first in the queue.
-// pred is the key ahead of it, or "" to look it up; events are watched from
-// revision from. progress is called each time a predecessor goes. If h's
-// key goes, h is lost and waitTurn returns why.
-func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, from int64, progress func()) error {
+// waitTurn returns when h's key is the first in the queue. progress is
+// called each time a predecessor goes. If h's key goes, h is lost and
+// waitTurn returns why.
+func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func()) error {
 	for {
-		if pred == "" {
+		if p.pred == "" {
 			// Our key and the one just ahead of it, in one read.
-			opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(rev), clientv3.WithLimit(2))
+			opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(2))
 			resp, err := m.client.Get(ctx, m.pfx, opts...)
 			if err != nil {
 				return err
@@ -65,9 +74,9 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, f
 			if len(resp.Kvs) == 1 {
 				return nil
 			}
-			pred, from = string(resp.Kvs[1].Key), resp.Header.Revision+1
+			p.pred, p.predRev, p.readAt = string(resp.Kvs[1].Key), resp.Kvs[1].CreateRevision, resp.Header.Revision
 		}
-		ownGone, err := m.waitDelete(ctx, pred, h.key, from)
+		ownGone, err := m.waitDelete(ctx, h, p)
 		if err != nil {
 			return err
 		}
@@ -76,27 +85,33 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, rev int64, pred string, f
 			return context.Cause(h.ctx)
 		}
 		progress()
-		pred = ""
+		p.pred = ""
 	}
 }
 
-// waitDelete watches pred and own from revision from until one of them is
-// deleted, and reports whether it was own. A compacted revision reports
-// pred's deletion, which makes the caller read the queue again.
-func (m *Mutex) waitDelete(ctx context.Context, pred, own string, from int64) (ownGone bool, err error) {
+// waitDelete waits until p's predecessor or h's own key is deleted, and
+// reports whether it was h's.
+//
+// The watches start at the present, not at p.readAt: etcd serves a watch
+// that starts in the past from its slow path, which catches up only every
+// 100 ms, and under contention the revision has always moved on by the time
+// the watch is created. What happened between p.readAt and the watches'
+// start is read once instead, after both are in place.
+func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
 	// WithRequireLeader: a member cut off from its cluster closes the watch
 	// instead of keeping it silently stale.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	predCh := m.client.Watch(wctx, pred, clientv3.WithRev(from), clientv3.WithFilterPut())
-	ownCh := m.client.Watch(wctx, own, clientv3.WithRev(from), clientv3.WithFilterPut())
+	predCh := m.client.Watch(wctx, p.pred, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
+	ownCh := m.client.Watch(wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
+	created, startRev := 0, int64(0)
 	for {
 		var wr clientv3.WatchResponse
-		var ok, isOwn bool
+		var ok, own bool
 		select {
 		case wr, ok = <-predCh:
 		case wr, ok = <-ownCh:
-			isOwn = true
+			own = true
 		}
 		if !ok {
 			if ctx.Err() != nil {
@@ -105,17 +120,38 @@ func (m *Mutex) waitDelete(ctx context.Context, pred, own string, from int64) (o
 			return false, errWatchClosed
 		}
 		if err := wr.Err(); err != nil {
-			if errors.Is(err, rpctypes.ErrCompacted) {
-				return false, nil
-			}
 			return false, err
 		}
 		for _, ev := range wr.Events {
 			if ev.Type == mvccpb.DELETE {
-				return isOwn, nil
+				return own, nil
 			}
 		}
+		if !wr.Created {
+			continue
+		}
+		startRev = max(startRev, wr.Header.Revision)
+		if created++; created < 2 || startRev <= p.readAt {
+			continue // nothing can have been missed (yet)
+		}
+		// Both watches are in place: read what happened before they were.
+		resp, err := m.client.Txn(ctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
+		if err != nil {
+			return false, err
+		}
+		if !exists(resp.Responses[1].GetResponseRange().Kvs, p.rev) {
+			return true, nil
+		}
+		if !exists(resp.Responses[0].GetResponseRange().Kvs, p.predRev) {
+			return false, nil
+		}
 	}
+}
+
+// exists reports whether kvs, a read of one key, found it as created at
+// rev: a key of the same name created later is another place in the queue.
+func exists(kvs []*mvccpb.KeyValue, rev int64) bool {
+	return len(kvs) == 1 && kvs[0].CreateRevision == rev
 }
 
 // errWatchClosed is transient: the watch is opened again.
