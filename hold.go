@@ -7,10 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // holdWatchDelay is how long a new hold waits before it watches its own key.
@@ -39,7 +35,7 @@ type hold struct {
 	nextLink   int
 	watchTimer *time.Timer
 
-	watchers   sync.WaitGroup // the own-key watch goroutine
+	watchers   sync.WaitGroup // watchTimer's callback
 	finishOnce sync.Once
 	gone       atomic.Bool // the key is known to be deleted (or never written)
 
@@ -146,14 +142,15 @@ func (h *hold) emit(ev Event) {
 	hook(ev)
 }
 
-// watchLater starts, after holdWatchDelay, the watch that notices the hold's
-// key being deleted (by hand, or by its lease being revoked).
+// watchLater has the lease's keyWatch watch the hold's key, after
+// holdWatchDelay, to notice its deletion (by hand, or by the lease being
+// revoked).
 func (h *hold) watchLater() {
 	h.watchers.Add(1)
 	h.mu.Lock()
 	h.watchTimer = time.AfterFunc(holdWatchDelay, func() {
 		defer h.watchers.Done()
-		h.watch()
+		h.lease.watch.add(h)
 	})
 	h.mu.Unlock()
 }
@@ -169,64 +166,13 @@ func (h *hold) finish() {
 			h.watchers.Done() // never started
 		}
 		h.watchers.Wait()
+		h.lease.watch.remove(h)
 		h.lease.detach(h)
 		if h.gone.Load() {
 			h.lease.freeSlot(h.m.pfx, h.slot)
 		}
 		h.lease.unref()
 	})
-}
-
-// watch runs until the hold ends, and ends it as lost if its key is deleted.
-func (h *hold) watch() {
-	rev := h.rev.Load()
-	from := rev + 1
-	client := h.m.client
-	pause := time.Duration(0)
-	for h.ctx.Err() == nil {
-		if pause > 0 {
-			t := time.NewTimer(pause)
-			select {
-			case <-t.C:
-			case <-h.ctx.Done():
-				t.Stop()
-				return
-			}
-		}
-		pause = min(max(2*pause, 100*time.Millisecond), 2*time.Second)
-		// WithRequireLeader: a member cut off from its cluster closes the
-		// watch instead of keeping it silently stale.
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(h.ctx))
-		for wr := range client.Watch(wctx, h.key, clientv3.WithRev(from), clientv3.WithFilterPut()) {
-			if err := wr.Err(); err != nil {
-				if errors.Is(err, rpctypes.ErrCompacted) {
-					// Events are gone: read the key instead.
-					resp, gerr := client.Get(h.ctx, h.key)
-					if gerr == nil {
-						if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != rev {
-							cancel()
-							h.lostKey()
-							return
-						}
-						from = resp.Header.Revision + 1
-					}
-				}
-				break
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.DELETE {
-					cancel()
-					h.lostKey()
-					return
-				}
-			}
-			pause = 0
-			if wr.Header.Revision >= from {
-				from = wr.Header.Revision + 1
-			}
-		}
-		cancel()
-	}
 }
 
 func (h *hold) lostKey() {

@@ -147,6 +147,7 @@ type lease struct {
 	expired []*hold // holds the timer ended, for run to report
 
 	timers sync.WaitGroup // the timer's callback, if it runs
+	watch  *keyWatch      // the holds' keys, watched for deletion
 	wake   chan struct{}  // refs hit zero, retired, orphans added, or expired
 	done   chan struct{}  // closed when run returns
 }
@@ -173,6 +174,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		holds:    make(map[*hold]struct{}),
 		orphans:  make(map[*hold]int64),
 		slots:    make(map[string]map[int]struct{}),
+		watch:    newKeyWatch(k.client),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}, nil
@@ -369,6 +371,7 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 // hold the loop.
 func (l *lease) run() {
 	defer close(l.done)
+	defer l.watch.stop()
 	defer func() {
 		l.mu.Lock()
 		if l.timer.Stop() {
