@@ -30,7 +30,7 @@ type AlreadyLockedError struct {
 }
 
 func (e *AlreadyLockedError) Error() string {
-	return fmt.Sprintf("microlock: %q is locked by %q (token %d)", e.Key, e.Holder, e.Token)
+	return fmt.Sprintf("microlock: %s is locked by %s (token %d)", quoteKey(e.Key), quoteKey(e.Holder), e.Token)
 }
 
 // Is makes errors.Is(err, ErrLocked) true.

@@ -109,6 +109,18 @@ func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl i
 			return nil, err
 		}
 		l.start()
+		if time.Until(l.currentDeadline()) < l.ttl/3 {
+			// The grant came back slowly (etcd regaining quorum, say):
+			// renew before the first hold relies on it.
+			rctx, cancel := context.WithDeadline(ctx, l.currentDeadline())
+			err := l.keepAliveOnce(rctx)
+			cancel()
+			if err != nil {
+				l.retire()
+				l.unref()
+				return nil, err
+			}
+		}
 		return l, nil
 	}
 }
@@ -126,6 +138,7 @@ func (t *leaseTable) remove(l *lease) {
 // the goroutine that renews it and enforces its local deadline. Renewal work
 // grows with the number of leases, not with the number of locks held.
 type lease struct {
+	sent   time.Time // when the grant was sent: renewals count from it
 	key    leaseKey
 	client *clientv3.Client
 	id     clientv3.LeaseID
@@ -166,6 +179,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 	}
 	ttl := time.Duration(resp.TTL) * time.Second
 	return &lease{
+		sent:     t0,
 		key:      k,
 		client:   k.client,
 		id:       resp.ID,
@@ -385,7 +399,9 @@ func (l *lease) run() {
 	defer wg.Wait()
 	defer cancel()
 
-	renew := time.NewTimer(l.ttl / 3)
+	// The first renewal is due TTL/3 after the grant was sent, however long
+	// the grant took to come back.
+	renew := time.NewTimer(time.Until(l.sent.Add(l.ttl / 3)))
 	defer renew.Stop()
 	idle := time.NewTimer(leaseLinger)
 	idle.Stop()
@@ -395,7 +411,7 @@ func (l *lease) run() {
 	results := make(chan error, 1)
 	inflight := false
 	retry := time.Duration(0)
-	lastSend := time.Now()
+	lastSend := l.sent
 
 	for {
 		select {

@@ -603,7 +603,7 @@ func (m *Mutex) wrapErr(ctx context.Context, what string, err error) error {
 	return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), err)
 }
 
-// quoteKey quotes a key for an error message, shortened if long.
+// quoteKey quotes a key or a value for a message, shortened if long.
 func quoteKey(k string) string {
 	const max = 64
 	if len(k) > max {

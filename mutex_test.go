@@ -313,6 +313,11 @@ func TestExternalDeleteOrRevokeIsLoss(t *testing.T) {
 			if m.Token() != 0 {
 				t.Fatalf("Token after loss = %d", m.Token())
 			}
+			// The Lost event follows the loss signal, from the goroutine
+			// that noticed it.
+			for deadline := time.Now().Add(time.Second); log.count(microlock.Lost) == 0 && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
 			if n := log.count(microlock.Lost); n != 1 {
 				t.Fatalf("%d Lost events, want 1", n)
 			}

@@ -21,6 +21,8 @@ const (
 	// minimum lease TTL depends on the election timeout); the library always
 	// works with the TTL etcd granted.
 	MinTTL = time.Second
+	// MaxTTL is the largest TTL WithTTL accepts: etcd's own limit on a lease.
+	MaxTTL = 9_000_000_000 * time.Second
 	// MaxNodeIDLen bounds the node ID, which is stored as the lock's value.
 	MaxNodeIDLen = 4096
 	// ReleaseTimeout bounds the release that WithLock performs after fn
@@ -47,12 +49,16 @@ type options struct {
 }
 
 // WithTTL sets the lease TTL. etcd grants whole seconds: ttl is rounded up to
-// the next second, and etcd may grant more than asked. A TTL below MinTTL is
-// rejected.
+// the next second, and etcd may grant more than asked. A TTL below MinTTL or
+// above MaxTTL is rejected.
 func WithTTL(ttl time.Duration) Option {
 	return optionFunc(func(o *options) {
 		if ttl < MinTTL {
 			o.errs = append(o.errs, fmt.Errorf("microlock: TTL %v is below the minimum of %v", ttl, MinTTL))
+			return
+		}
+		if ttl > MaxTTL {
+			o.errs = append(o.errs, fmt.Errorf("microlock: TTL %v is above etcd's maximum of %v", ttl, MaxTTL))
 			return
 		}
 		o.ttl = ttl

@@ -9,6 +9,7 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +50,8 @@ type Option func(*config)
 type config struct {
 	peerProxies bool
 	args        []string
+	dataDir     string
+	tls         *ClientTLS
 }
 
 // WithPeerProxies puts a proxy in front of every member's peer listener so
@@ -60,6 +63,40 @@ func WithPeerProxies() Option { return func(c *config) { c.peerProxies = true } 
 // own flags, so they also override them (for example --election-timeout).
 func WithArgs(args ...string) Option {
 	return func(c *config) { c.args = append(c.args, args...) }
+}
+
+// WithDataDir puts the members' data and logs in a new directory under dir
+// instead of on tmpfs, for measuring etcd on a real disk. The harness's
+// --unsafe-no-fsync still applies; add WithArgs("--unsafe-no-fsync=false")
+// to have etcd sync its writes.
+func WithDataDir(dir string) Option { return func(c *config) { c.dataDir = dir } }
+
+// ClientTLS is the TLS setup of the members' client listeners.
+type ClientTLS struct {
+	// CertFile and KeyFile hold the members' certificate and key, in PEM.
+	// The certificate must be valid for the IP address 127.0.0.1.
+	CertFile, KeyFile string
+	// ClientCAFile, if set, holds the CA certificates, in PEM, that must have
+	// signed a client's certificate: members then refuse clients without
+	// one (etcd's --client-cert-auth).
+	ClientCAFile string
+	// Config is what the harness's own clients use (readiness checks,
+	// Leader, Client): it must trust CertFile's issuer and, with
+	// ClientCAFile, present a client certificate.
+	Config *tls.Config
+}
+
+// WithClientTLS makes members serve clients over TLS only, on https client
+// URLs. Peer traffic stays plain HTTP, so WithPeerProxies still works.
+func WithClientTLS(t ClientTLS) Option { return func(c *config) { c.tls = &t } }
+
+// clientTLS returns the TLS configuration of the harness's clients, nil
+// without WithClientTLS.
+func (c *config) clientTLS() *tls.Config {
+	if c.tls == nil {
+		return nil
+	}
+	return c.tls.Config
 }
 
 // Start starts a cluster of size members and returns once every member
@@ -116,7 +153,7 @@ func Launch(size int, opts ...Option) (*Cluster, error) {
 // launch starts the processes of a new cluster and waits until they serve.
 // On error, the caller must still call stop.
 func (c *Cluster) launch(size int) error {
-	dir, err := makeDataDir()
+	dir, err := makeDataDir(c.cfg.dataDir)
 	if err != nil {
 		return err
 	}
@@ -126,12 +163,16 @@ func (c *Cluster) launch(size int) error {
 	if err != nil {
 		return err
 	}
+	scheme := "http"
+	if c.cfg.tls != nil {
+		scheme = "https"
+	}
 	var initial []string
 	for i := range size {
 		name := fmt.Sprintf("m%d", i)
 		m := &Member{
 			Name:      name,
-			ClientURL: "http://127.0.0.1:" + ports[2*i],
+			ClientURL: scheme + "://127.0.0.1:" + ports[2*i],
 			c:         c,
 			peerURL:   "http://127.0.0.1:" + ports[2*i+1],
 			logPath:   filepath.Join(dir, name+".log"),
@@ -142,7 +183,7 @@ func (c *Cluster) launch(size int) error {
 			if m.peer, err = newPeerProxy("127.0.0.1:" + ports[2*i+1]); err != nil {
 				return err
 			}
-			advertised = "http://" + m.peer.addr()
+			advertised = "http://" + m.peer.Addr()
 		}
 		m.args = []string{
 			"--name", name,
@@ -151,6 +192,12 @@ func (c *Cluster) launch(size int) error {
 			"--advertise-client-urls", m.ClientURL,
 			"--listen-peer-urls", m.peerURL,
 			"--initial-advertise-peer-urls", advertised,
+		}
+		if t := c.cfg.tls; t != nil {
+			m.args = append(m.args, "--cert-file", t.CertFile, "--key-file", t.KeyFile)
+			if t.ClientCAFile != "" {
+				m.args = append(m.args, "--client-cert-auth", "--trusted-ca-file", t.ClientCAFile)
+			}
 		}
 		initial = append(initial, name+"="+advertised)
 	}
@@ -185,7 +232,7 @@ func (c *Cluster) launch(size int) error {
 		}
 	}
 
-	if c.cli, err = newClient(c.Endpoints()...); err != nil {
+	if c.cli, err = newClient(c.cfg.clientTLS(), c.Endpoints()...); err != nil {
 		return err
 	}
 	resp, err := c.cli.MemberList(ctx)
@@ -217,7 +264,7 @@ func (c *Cluster) Stop() {
 		}
 		for _, m := range c.Members {
 			if m.peer != nil {
-				_ = m.peer.close()
+				_ = m.peer.Close()
 			}
 		}
 		if c.dir != "" {
@@ -245,13 +292,14 @@ func (c *Cluster) Endpoints() []string {
 }
 
 // Client returns a client for endpoints, by default Endpoints(), with a 5 s
-// dial timeout and a no-op logger. It is closed at tb.Cleanup.
+// dial timeout, a no-op logger and, WithClientTLS, its Config. It is closed
+// at tb.Cleanup.
 func (c *Cluster) Client(tb testing.TB, endpoints ...string) *clientv3.Client {
 	tb.Helper()
 	if len(endpoints) == 0 {
 		endpoints = c.Endpoints()
 	}
-	cli, err := newClient(endpoints...)
+	cli, err := newClient(c.cfg.clientTLS(), endpoints...)
 	if err != nil {
 		tb.Fatalf("etcdtest: client for %v: %v", endpoints, err)
 	}
@@ -259,11 +307,12 @@ func (c *Cluster) Client(tb testing.TB, endpoints ...string) *clientv3.Client {
 	return cli
 }
 
-func newClient(endpoints ...string) (*clientv3.Client, error) {
+func newClient(tlsCfg *tls.Config, endpoints ...string) (*clientv3.Client, error) {
 	return clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
+		TLS:         tlsCfg,
 	})
 }
 
@@ -342,9 +391,9 @@ func (c *Cluster) Isolate(m *Member) {
 	for _, o := range c.Members {
 		pp := o.peer
 		if o == m {
-			pp.update(func() { pp.into = true })
+			pp.Update(func() { pp.into = true })
 		} else {
-			pp.update(func() { pp.from[m.id] = true })
+			pp.Update(func() { pp.from[m.id] = true })
 		}
 	}
 }
@@ -357,7 +406,7 @@ func (c *Cluster) HealPeers() {
 	c.mu.Unlock()
 	for _, o := range c.Members {
 		if pp := o.peer; pp != nil {
-			pp.heal(func() {
+			pp.HealWith(func() {
 				pp.into = false
 				clear(pp.from)
 			})
@@ -387,38 +436,23 @@ func (c *Cluster) quorumReachable(m *Member) bool {
 	return n > len(c.Members)/2
 }
 
-// peerProxy is the proxy in front of one member's peer listener.
-type peerProxy struct {
-	*proxy
-	into bool            // the member behind the proxy is isolated; guarded by proxy.mu
-	from map[uint64]bool // isolated senders; guarded by proxy.mu
-}
-
-func newPeerProxy(target string) (*peerProxy, error) {
-	pp := &peerProxy{from: make(map[uint64]bool)}
-	p, err := newProxy(target, true, func(l *link) bool {
-		return pp.into || (l.from != 0 && pp.from[l.from])
-	})
-	if err != nil {
-		return nil, err
-	}
-	pp.proxy = p
-	return pp, nil
-}
-
 var sweepOnce sync.Once
 
-// makeDataDir creates the directory for a cluster's data and logs, on tmpfs
-// when there is one. Its name carries our PID, so that later test processes
+// makeDataDir creates the directory for a cluster's data and logs, under
+// root if it is set, otherwise on tmpfs when there is one. Its name carries our PID, so that later test processes
 // can remove it if we die without running Cleanup (SIGKILL, or Ctrl-C, which
 // go test does not turn into Cleanup): on tmpfs, the WAL that etcd
 // preallocates costs about 125 MB of RAM per member.
-func makeDataDir() (string, error) {
+func makeDataDir(root string) (string, error) {
 	sweepOnce.Do(func() {
 		sweep("/dev/shm")
 		sweep(os.TempDir())
 	})
 	prefix := fmt.Sprintf("etcdtest-%d-", os.Getpid())
+	if root != "" {
+		sweep(root)
+		return os.MkdirTemp(root, prefix)
+	}
 	if dir, err := os.MkdirTemp("/dev/shm", prefix); err == nil {
 		return dir, nil
 	}

@@ -22,7 +22,7 @@ var errAddrInUse = errors.New("address already in use")
 // concurrent use.
 type Member struct {
 	Name      string
-	ClientURL string // direct client URL, "http://127.0.0.1:port"
+	ClientURL string // direct client URL, "http://127.0.0.1:port" ("https" WithClientTLS)
 
 	c       *Cluster
 	id      uint64
@@ -191,7 +191,7 @@ func (m *Member) serving() bool {
 // !linearizable, its peer listener answers), process p exits, or ctx is
 // done.
 func (m *Member) waitServing(ctx context.Context, p *process, linearizable bool) error {
-	cli, err := newClient(m.ClientURL)
+	cli, err := newClient(m.c.cfg.clientTLS(), m.ClientURL)
 	if err != nil {
 		return err
 	}

@@ -21,11 +21,9 @@ func TestPeerProxySenders(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			got := make(map[uint64]bool)
-			m.peer.mu.RLock()
-			for l := range m.peer.links {
-				got[l.from] = true
+			for _, from := range m.peer.Senders() {
+				got[from] = true
 			}
-			m.peer.mu.RUnlock()
 			missing := 0
 			for id := range want {
 				if !got[id] {

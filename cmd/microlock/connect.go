@@ -1,0 +1,154 @@
+//go:build unix
+
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// connFlags are the flags that say how to reach etcd. Their names,
+// meanings, defaults and ETCDCTL_* variables are etcdctl's, so that a user
+// of one knows the other.
+type connFlags struct {
+	endpoints          string
+	dialTimeout        time.Duration
+	commandTimeout     time.Duration
+	cacert, cert, key  string
+	insecureSkipVerify bool
+	user, password     string
+}
+
+func isConnFlag(name string) bool {
+	switch name {
+	case "endpoints", "dial-timeout", "command-timeout", "cacert", "cert", "key",
+		"insecure-skip-tls-verify", "user", "password":
+		return true
+	}
+	return false
+}
+
+func addConnFlags(fs *flag.FlagSet) *connFlags {
+	c := &connFlags{endpoints: "127.0.0.1:2379", dialTimeout: 2 * time.Second, commandTimeout: 5 * time.Second}
+	fs.StringVar(&c.endpoints, "endpoints", c.endpoints, "comma-separated etcd `endpoints` (host:port, http://host:port or https://host:port)")
+	fs.Var(durationFlag{&c.dialTimeout}, "dial-timeout", "`time` allowed for authenticating (--user) when connecting; each request has --command-timeout")
+	fs.Var(durationFlag{&c.commandTimeout}, "command-timeout", "`time` allowed for each request to etcd (not for waiting for the lock)")
+	fs.StringVar(&c.cacert, "cacert", "", "verify the servers' TLS certificates with this CA bundle (PEM `file`)")
+	fs.StringVar(&c.cert, "cert", "", "TLS client certificate (PEM `file`)")
+	fs.StringVar(&c.key, "key", "", "TLS client key (PEM `file`)")
+	fs.BoolVar(&c.insecureSkipVerify, "insecure-skip-tls-verify", false, "use TLS without checking the servers' certificates")
+	fs.StringVar(&c.user, "user", "", "etcd user, as `name` or name:password")
+	fs.StringVar(&c.password, "password", "", "etcd `password` (the user's name is then --user)")
+	return c
+}
+
+// applyEnv sets, from ETCDCTL_<NAME> variables, the connection flags that
+// were not given on the command line, except those in skip.
+func (c *connFlags) applyEnv(fs *flag.FlagSet, getenv func(string) string, skip ...string) error {
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, s := range skip {
+		given[s] = true
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || !isConnFlag(f.Name) || given[f.Name] {
+			return
+		}
+		env := "ETCDCTL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = usageErrorf("%s: %s=%q: %v", fs.Name(), env, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+// config returns the etcd client configuration the flags describe.
+func (c *connFlags) config() (clientv3.Config, error) {
+	var eps []string
+	for _, ep := range strings.Split(c.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			eps = append(eps, ep)
+		}
+	}
+	if len(eps) == 0 {
+		return clientv3.Config{}, usageErrorf("no etcd endpoints: give --endpoints or ETCDCTL_ENDPOINTS")
+	}
+	cfg := clientv3.Config{
+		Endpoints:   eps,
+		DialTimeout: c.dialTimeout,
+		// Notice a connection that went silent (a partition) within about
+		// 15 s, and stay above etcd's default limit on client pings (one
+		// per 5 s), beyond which it would close the connection.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(),
+	}
+
+	secure := c.cacert != "" || c.cert != "" || c.key != "" || c.insecureSkipVerify
+	for _, ep := range eps {
+		secure = secure || strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://")
+	}
+	if secure {
+		t := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.insecureSkipVerify}
+		if c.cacert != "" {
+			pem, err := os.ReadFile(c.cacert)
+			if err != nil {
+				return cfg, fmt.Errorf("microlock: --cacert: %w", err)
+			}
+			t.RootCAs = x509.NewCertPool()
+			if !t.RootCAs.AppendCertsFromPEM(pem) {
+				return cfg, fmt.Errorf("microlock: --cacert %s: no PEM certificate in it", c.cacert)
+			}
+		}
+		if (c.cert == "") != (c.key == "") {
+			return cfg, usageErrorf("--cert and --key go together")
+		}
+		if c.cert != "" {
+			pair, err := tls.LoadX509KeyPair(c.cert, c.key)
+			if err != nil {
+				return cfg, fmt.Errorf("microlock: --cert/--key: %w", err)
+			}
+			t.Certificates = []tls.Certificate{pair}
+		}
+		cfg.TLS = t
+	}
+
+	switch name, pass, hasPass := strings.Cut(c.user, ":"); {
+	case c.user == "" && c.password != "":
+		return cfg, usageErrorf("--password needs --user")
+	case c.user == "":
+	case c.password != "" && hasPass:
+		return cfg, usageErrorf("give the password either in --user name:password or in --password, not both")
+	case c.password != "":
+		cfg.Username, cfg.Password = c.user, c.password
+	case !hasPass:
+		return cfg, usageErrorf("--user %s has no password: give --user %s:PASSWORD, --password or ETCDCTL_PASSWORD", name, name)
+	default:
+		cfg.Username, cfg.Password = name, pass
+	}
+	return cfg, nil
+}
+
+// client connects to etcd as the flags say. The caller closes it.
+func (c *connFlags) client() (*clientv3.Client, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, etcdError(fmt.Errorf("microlock: connecting to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err))
+	}
+	return cli, nil
+}

@@ -1,0 +1,191 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func holderHelp() help {
+	return help{
+		usage: "microlock holder [flags] KEY",
+		about: `
+Show who holds the lock KEY: the holder's node ID, its fencing token, since
+when it holds the lock, its lease, and how many others wait; or that KEY is
+free.
+
+"Since when" is a revision, not a time: etcd records no wall-clock time for
+keys. The token is the create revision of the holder's key, which etcd's
+revision counter had reached when the holder queued for the lock; the output
+shows the cluster's current revision next to it. The lease line says how long
+the lock survives if its holder stops renewing it.
+
+Values under KEY that are not node IDs (binary data, huge values) are printed
+quoted and cut at 4096 bytes.`,
+		examples: `  microlock holder jobs/nightly-report
+  microlock holder --json jobs/nightly-report | jq -r .holder`,
+		extra: `JSON fields: key, locked, holder, holder_bytes, holder_truncated, token,
+revision (the cluster's current revision), lease (null when free or when the
+key has no lease; else id, granted_ttl_seconds, remaining_ttl_seconds, with
+remaining -1 when etcd no longer knows the lease) and waiting.
+
+Exit codes: 0 whether KEY is held or free; 1 other error; 64 usage error;
+69 etcd unreachable or timed out.`,
+	}
+}
+
+func (c *cli) holder(args []string) error {
+	fs := newFlagSet("holder")
+	conn := addConnFlags(fs)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	p, err := c.parseOrHelp(fs, args, holderHelp())
+	if err != nil {
+		return err
+	}
+	key, err := oneKey("holder", p)
+	if err != nil {
+		return err
+	}
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return err
+	}
+	client, err := conn.client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	ctx, stop := onSignals(context.Background())
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, conn.commandTimeout)
+	defer cancel()
+	st, err := readState(ctx, client, key)
+	if err != nil {
+		if ie := interrupted(ctx); ie != nil {
+			return ie
+		}
+		return etcdError(fmt.Errorf("microlock: reading %q from etcd at %s: %w", key, conn.endpoints, err))
+	}
+	if *asJSON {
+		return st.writeJSON(c.stdout)
+	}
+	st.writeText(c.stdout)
+	return nil
+}
+
+// oneKey returns the single positional KEY of holder and watch.
+func oneKey(cmd string, p parsed) (string, error) {
+	args := append(p.args, p.rest...)
+	switch {
+	case len(args) == 0:
+		return "", usageErrorf("%s: missing KEY", cmd)
+	case len(args) > 1:
+		return "", usageErrorf("%s: one KEY expected, got %d arguments: %q", cmd, len(args), args)
+	case args[0] == "":
+		return "", usageErrorf("%s: empty KEY", cmd)
+	}
+	return args[0], nil
+}
+
+// lockState is a lock as etcd has it now. The layout is the library's (and
+// etcd's concurrency.Mutex's): every key under KEY + "/" is a place in the
+// queue, and the one with the smallest create revision holds the lock.
+type lockState struct {
+	key      string
+	revision int64 // the cluster's revision when read
+	locked   bool
+	holder   []byte // the holder's value: its node ID
+	token    int64  // the holder's create revision
+	waiting  int64
+	lease    clientv3.LeaseID // 0 for a key without a lease
+	granted  int64            // the lease's granted TTL, in seconds
+	ttl      int64            // its remaining TTL in seconds; -1 when it is gone
+}
+
+// readState reads the lock on key: the first key of its queue, the queue's
+// length, and the holder's lease.
+func readState(ctx context.Context, client *clientv3.Client, key string) (lockState, error) {
+	st := lockState{key: key}
+	resp, err := client.Get(ctx, key+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return st, err
+	}
+	st.revision = resp.Header.Revision
+	if len(resp.Kvs) == 0 {
+		return st, nil
+	}
+	kv := resp.Kvs[0]
+	st.locked, st.holder, st.token = true, kv.Value, kv.CreateRevision
+	st.waiting = max(resp.Count-1, 0)
+	st.lease = clientv3.LeaseID(kv.Lease)
+	if st.lease != 0 {
+		lr, err := client.TimeToLive(ctx, st.lease)
+		if err != nil {
+			return st, err
+		}
+		st.granted, st.ttl = lr.GrantedTTL, lr.TTL
+	}
+	return st, nil
+}
+
+func (st lockState) writeText(w io.Writer) {
+	if !st.locked {
+		fmt.Fprintf(w, "%s is free (cluster revision %d)\n", strconv.Quote(st.key), st.revision)
+		return
+	}
+	fmt.Fprintf(w, "%s is locked\n", strconv.Quote(st.key))
+	fmt.Fprintf(w, "  holder:   %s\n", quoted(st.holder))
+	fmt.Fprintf(w, "  token:    %d\n", st.token)
+	fmt.Fprintf(w, "  since:    revision %d; the cluster is at revision %d now (etcd records no wall-clock time for keys)\n", st.token, st.revision)
+	switch {
+	case st.lease == 0:
+		fmt.Fprintf(w, "  lease:    none: the key does not expire, only deleting it frees the lock\n")
+	case st.ttl < 0:
+		fmt.Fprintf(w, "  lease:    %x, expired: the key is about to go\n", int64(st.lease))
+	default:
+		fmt.Fprintf(w, "  lease:    %x, expires in %ds unless renewed (granted %ds)\n", int64(st.lease), st.ttl, st.granted)
+	}
+	fmt.Fprintf(w, "  waiting:  %d\n", st.waiting)
+}
+
+type holderJSON struct {
+	Key             string     `json:"key"`
+	Locked          bool       `json:"locked"`
+	Holder          string     `json:"holder"`
+	HolderBytes     int        `json:"holder_bytes"`
+	HolderTruncated bool       `json:"holder_truncated"`
+	Token           int64      `json:"token"`
+	Revision        int64      `json:"revision"`
+	Lease           *leaseJSON `json:"lease"`
+	Waiting         int64      `json:"waiting"`
+}
+
+type leaseJSON struct {
+	ID           string `json:"id"`
+	GrantedTTL   int64  `json:"granted_ttl_seconds"`
+	RemainingTTL int64  `json:"remaining_ttl_seconds"`
+}
+
+func (st lockState) writeJSON(w io.Writer) error {
+	holder, cut := clip(st.holder)
+	out := holderJSON{
+		Key:             st.key,
+		Locked:          st.locked,
+		Holder:          holder,
+		HolderBytes:     len(st.holder),
+		HolderTruncated: cut,
+		Token:           st.token,
+		Revision:        st.revision,
+		Waiting:         st.waiting,
+	}
+	if st.lease != 0 {
+		out.Lease = &leaseJSON{ID: fmt.Sprintf("%x", int64(st.lease)), GrantedTTL: st.granted, RemainingTTL: st.ttl}
+	}
+	return json.NewEncoder(w).Encode(out)
+}

@@ -1,0 +1,381 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/microlock/microlock"
+)
+
+func runHelp() help {
+	return help{
+		usage: "microlock run [flags] KEY -- CMD [ARGS...]",
+		about: `
+Take the lock KEY in etcd, run CMD while holding it, release the lock when
+CMD exits, and exit with CMD's status (128+N when signal N killed it).
+
+run waits for the lock in arrival order; --no-wait fails at once if someone
+else holds it, and --wait-timeout gives up after a while. CMD runs in its own
+process group with MICROLOCK_KEY, MICROLOCK_NODE_ID and MICROLOCK_TOKEN in
+its environment. MICROLOCK_TOKEN is the fencing token: it grows with every
+new holder of KEY, so the systems CMD writes to can refuse a stale holder.
+SIGINT and SIGTERM sent to run are passed on to CMD's process group.
+
+If the lock is lost while CMD runs (its lease could not be renewed in time,
+or its key was deleted), run sends SIGTERM to CMD's process group at once and
+SIGKILL --grace later, both before etcd could let another holder in, and
+exits with 76. The lock is declared lost max(250ms, TTL/10) before etcd could
+expire it; 100ms of that is kept for delivering the signals.
+
+run releases the lock when CMD exits; processes that CMD started in the
+background and left running are neither waited for nor killed. CMD cannot
+read from the terminal (its process group is not the terminal's foreground).`,
+		examples: `  # Run the nightly report on one machine at a time; the others wait their turn.
+  microlock run jobs/nightly-report -- ./nightly-report.sh
+
+  # From cron: skip this run when another machine has the lock.
+  microlock run --no-wait --endpoints 10.0.0.1:2379,10.0.0.2:2379 jobs/backup -- backup --full
+
+  # Give the work the fencing token, and 5 s to shut down if the lock is lost.
+  microlock run --ttl 60s --grace 5s jobs/migrate -- sh -c 'migrate --fence "$MICROLOCK_TOKEN"'
+
+  # Wait at most a minute for the lock.
+  microlock run --wait-timeout 1m jobs/reindex -- ./reindex`,
+		extra: `Exit codes:
+  CMD's status  CMD ran and exited; 128+N when signal N killed it
+  1             other error (etcd refused the request, unreadable TLS files, ...)
+  64            usage error
+  69            etcd unreachable or timed out
+  75            KEY is locked by someone else (--no-wait, or --wait-timeout ran out)
+  76            the lock was lost while CMD ran; CMD was terminated
+  126           CMD cannot be executed
+  127           CMD not found
+  128+N         run was stopped by signal N while waiting for the lock`,
+	}
+}
+
+// runFlags are run's own flags.
+type runFlags struct {
+	ttl         time.Duration
+	nodeID      string
+	noWait      bool
+	waitTimeout time.Duration
+	grace       time.Duration
+}
+
+func (c *cli) run(args []string) error {
+	fs := newFlagSet("run")
+	conn := addConnFlags(fs)
+	f := runFlags{ttl: microlock.DefaultTTL}
+	fs.Var(durationFlag{&f.ttl}, "ttl", "lease `TTL`; etcd grants whole seconds, at least 1s")
+	fs.StringVar(&f.nodeID, "node-id", "", "`ID` stored as the lock's value while held (default: hostname:pid)")
+	fs.BoolVar(&f.noWait, "no-wait", false, "fail at once, with exit code 75, if someone else holds the lock")
+	fs.Var(durationFlag{&f.waitTimeout}, "wait-timeout", "give up waiting for the lock after this `time` (default: wait as long as it takes)")
+	fs.Var(durationFlag{&f.grace}, "grace", graceHelp())
+	p, err := c.parseOrHelp(fs, args, runHelp())
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(p.args) == 0:
+		return usageErrorf("run: missing KEY")
+	case !p.hasDash:
+		return usageErrorf(`run: missing "--" between KEY and the command`)
+	case len(p.args) > 1:
+		return usageErrorf("run: one KEY expected before \"--\", got %d arguments: %q", len(p.args), p.args)
+	case len(p.rest) == 0:
+		return usageErrorf(`run: missing the command after "--"`)
+	case p.args[0] == "":
+		return usageErrorf("run: empty KEY")
+	case f.ttl < microlock.MinTTL:
+		return usageErrorf("run: --ttl %v is below the minimum of %v", f.ttl, microlock.MinTTL)
+	case f.noWait && isSet(fs, "wait-timeout"):
+		return usageErrorf("run: --wait-timeout has no use with --no-wait")
+	}
+	if !isSet(fs, "grace") {
+		f.grace = maxGrace(f.ttl)
+	} else if err := checkGrace(f.grace, f.ttl); err != nil {
+		return err
+	}
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return err
+	}
+	key := p.args[0]
+
+	// Look the command up before taking the lock: a typo should not cost
+	// anyone a turn.
+	cmd := exec.Command(p.rest[0], p.rest[1:]...)
+	if cmd.Err == nil {
+		_, cmd.Err = exec.LookPath(cmd.Path) // a path with a slash is not looked up above
+	}
+	if cmd.Err != nil {
+		return startError(cmd.Err)
+	}
+
+	log := startEventLog(c.stderr)
+	defer log.stop()
+	opts := []microlock.Option{microlock.WithTTL(f.ttl), microlock.OnEvent(log.hook)}
+	if f.nodeID != "" {
+		opts = append(opts, microlock.WithNodeID(f.nodeID))
+	}
+	client, err := conn.client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	m, err := microlock.New(client, key, opts...)
+	if err != nil {
+		return usageErrorf("run: %v", err)
+	}
+	defer m.Close()
+
+	// One channel for the whole run: a signal that comes while the lock is
+	// being taken cancels that; one that comes later goes to the command.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if err := c.acquire(client, conn, m, f, sigs); err != nil {
+		return err
+	}
+	token := m.Token()
+	if token == 0 {
+		// Lost between the acquisition and now.
+		lost := m.Err()
+		if lost == nil {
+			lost = microlock.ErrLockLost
+		}
+		return &exitError{code: exitLost, err: lost}
+	}
+	cmd.Env = append(os.Environ(),
+		"MICROLOCK_KEY="+key,
+		"MICROLOCK_NODE_ID="+m.NodeID(),
+		"MICROLOCK_TOKEN="+strconv.FormatInt(token, 10),
+	)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	ch, err := startChild(cmd)
+	if err != nil {
+		c.release(m, conn)
+		return startError(err)
+	}
+	status, lost := c.supervise(m, ch, sigs, f.grace)
+	if lost != nil { // already reported, as it happened
+		return &exitError{code: exitLost, err: fmt.Errorf("microlock: the command was stopped because the lock on %q was lost", key)}
+	}
+	c.release(m, conn)
+	return &exitError{code: status}
+}
+
+// startError is a command that cannot be started, with the exit code a
+// shell would give: 127 when it does not exist, 126 otherwise.
+func startError(err error) error {
+	code := exitCannotRun
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		code = exitNotFound
+	}
+	return &exitError{code: code, err: fmt.Errorf("microlock: run: %w", err)}
+}
+
+// acquire takes the lock: one attempt with --no-wait, otherwise in turn,
+// for at most --wait-timeout. SIGINT and SIGTERM abort it.
+func (c *cli) acquire(client *clientv3.Client, conn *connFlags, m *microlock.Mutex, f runFlags, sigs <-chan os.Signal) error {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	quit, relayDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(relayDone)
+		select {
+		case s := <-sigs:
+			cancel(&interruptError{sig: s})
+		case <-quit:
+		}
+	}()
+	err := c.tryAcquire(ctx, client, conn, m, f)
+	close(quit)
+	<-relayDone
+	if ie := interrupted(ctx); ie != nil {
+		if err == nil {
+			c.release(m, conn) // the signal won the race with the acquisition
+		}
+		return ie
+	}
+	return err
+}
+
+var errWaitTimeout = errors.New("microlock: --wait-timeout ran out")
+
+func (c *cli) tryAcquire(ctx context.Context, client *clientv3.Client, conn *connFlags, m *microlock.Mutex, f runFlags) error {
+	if f.noWait {
+		tctx, cancel := context.WithTimeout(ctx, conn.commandTimeout)
+		defer cancel()
+		err := m.TryLock(tctx)
+		if errors.Is(err, microlock.ErrLocked) {
+			return &exitError{code: exitLocked, err: err}
+		}
+		if err != nil && ctx.Err() == nil {
+			return etcdError(err)
+		}
+		return err
+	}
+
+	// Lock retries etcd errors for as long as it waits: check first that
+	// etcd answers at all, so that a wrong endpoint fails fast.
+	pctx, pcancel := context.WithTimeout(ctx, conn.commandTimeout)
+	_, err := client.Get(pctx, m.Key()+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	pcancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return etcdError(fmt.Errorf("microlock: reaching etcd at %s: %w", conn.endpoints, err))
+	}
+
+	if f.waitTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, f.waitTimeout, errWaitTimeout)
+		defer cancel()
+	}
+	err = m.Lock(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(context.Cause(ctx), errWaitTimeout):
+		if ctx.Err() != nil {
+			return err // interrupted: the caller says so
+		}
+		return etcdError(err)
+	}
+	// Out of time: say who has the lock, or that etcd could not be asked.
+	qctx, qcancel := context.WithTimeout(context.Background(), conn.commandTimeout)
+	defer qcancel()
+	st, qerr := readState(qctx, client, m.Key())
+	switch {
+	case qerr != nil:
+		return etcdError(fmt.Errorf("microlock: %q not acquired within --wait-timeout %v; etcd did not answer: %w", m.Key(), f.waitTimeout, qerr))
+	case st.locked:
+		return &exitError{code: exitLocked, err: fmt.Errorf("microlock: %q is still locked by %s (token %d) after --wait-timeout %v",
+			m.Key(), quoted(st.holder), st.token, f.waitTimeout)}
+	default:
+		return &exitError{code: exitLocked, err: fmt.Errorf("microlock: %q not acquired within --wait-timeout %v", m.Key(), f.waitTimeout)}
+	}
+}
+
+// supervise waits for the child while the lock is held, passing on SIGINT
+// and SIGTERM. If the lock is lost first, it terminates the child's process
+// group (SIGTERM now, SIGKILL after grace) and returns the loss. Otherwise it
+// returns the child's exit status.
+func (c *cli) supervise(m *microlock.Mutex, ch *child, sigs <-chan os.Signal, grace time.Duration) (status int, lost error) {
+	for {
+		select {
+		case <-ch.exited:
+			select {
+			case <-m.Done():
+				// Lost too, maybe before the child ended: treat it as lost,
+				// and still stop whatever the child left in its group.
+				return 0, c.terminate(m, ch, grace)
+			default:
+			}
+			return ch.reap(), nil
+		case s := <-sigs:
+			ch.signal(s.(syscall.Signal))
+		case <-m.Done():
+			return 0, c.terminate(m, ch, grace)
+		}
+	}
+}
+
+// terminate sends SIGTERM to the child's process group at once and SIGKILL
+// after grace, waits for the child and reaps it.
+func (c *cli) terminate(m *microlock.Mutex, ch *child, grace time.Duration) error {
+	ch.signal(syscall.SIGTERM)
+	// Scheduled before anything that could block (a full stderr pipe, say).
+	killed := make(chan struct{})
+	time.AfterFunc(grace, func() {
+		ch.signal(syscall.SIGKILL)
+		close(killed)
+	})
+	lost := m.Err()
+	if lost == nil {
+		lost = microlock.ErrLockLost
+	}
+	fmt.Fprintf(c.stderr, "%v: sent SIGTERM to the command's process group, SIGKILL follows in %v\n", lost, grace)
+	<-killed
+	<-ch.exited
+	ch.reap()
+	return lost
+}
+
+// release unlocks, bounded by --command-timeout. A failure is reported but
+// does not change the exit code: the command ran under the lock, and the
+// lock expires with its lease.
+func (c *cli) release(m *microlock.Mutex, conn *connFlags) {
+	ctx, cancel := context.WithTimeout(context.Background(), conn.commandTimeout)
+	defer cancel()
+	if err := m.Unlock(ctx); err != nil {
+		fmt.Fprintf(c.stderr, "microlock: releasing %q after the command ended: %v (the lock expires with its lease)\n", m.Key(), err)
+	}
+}
+
+// eventLog prints the library's Retrying events on stderr without ever
+// blocking the library: hooks run in its renewal goroutine, and a stalled
+// stderr must not delay the loss signal. Lines that do not fit the buffer
+// are dropped, and so are events that come after stop (a renewal goroutine
+// may still be finishing one when the Mutex is closed).
+type eventLog struct {
+	mu     sync.Mutex
+	lines  chan string
+	closed bool
+	done   chan struct{}
+}
+
+func startEventLog(w io.Writer) *eventLog {
+	l := &eventLog{lines: make(chan string, 64), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for s := range l.lines {
+			fmt.Fprintln(w, s)
+		}
+	}()
+	return l
+}
+
+func (l *eventLog) hook(ev microlock.Event) {
+	if ev.Type != microlock.Retrying {
+		return
+	}
+	line := fmt.Sprintf("%v; retrying", ev.Err)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	select {
+	case l.lines <- line:
+	default:
+	}
+}
+
+// stop flushes the lines and waits for the printer.
+func (l *eventLog) stop() {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.lines)
+	}
+	l.mu.Unlock()
+	<-l.done
+}

@@ -1,0 +1,103 @@
+//go:build unix
+
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microlock/microlock"
+)
+
+// TestGraceLimit pins the arithmetic that keeps SIGKILL before etcd could
+// expire the lease: the margin the library leaves is max(250ms, T/10) of
+// the granted (whole-second) TTL, less the allowance for signals.
+func TestGraceLimit(t *testing.T) {
+	for _, tc := range []struct {
+		ttl, margin, grace time.Duration
+	}{
+		{time.Second, 250 * time.Millisecond, 150 * time.Millisecond},
+		{1500 * time.Millisecond, 250 * time.Millisecond, 150 * time.Millisecond}, // granted 2s
+		{2 * time.Second, 250 * time.Millisecond, 150 * time.Millisecond},
+		{3 * time.Second, 300 * time.Millisecond, 200 * time.Millisecond},
+		{10 * time.Second, time.Second, 900 * time.Millisecond},
+		{9500 * time.Millisecond, time.Second, 900 * time.Millisecond}, // granted 10s
+		{60 * time.Second, 6 * time.Second, 5900 * time.Millisecond},
+	} {
+		if got := lossMargin(tc.ttl); got != tc.margin {
+			t.Errorf("lossMargin(%v) = %v, want %v", tc.ttl, got, tc.margin)
+		}
+		if got := maxGrace(tc.ttl); got != tc.grace {
+			t.Errorf("maxGrace(%v) = %v, want %v", tc.ttl, got, tc.grace)
+		}
+		if err := checkGrace(tc.grace, tc.ttl); err != nil {
+			t.Errorf("checkGrace(%v, %v): %v", tc.grace, tc.ttl, err)
+		}
+		if err := checkGrace(tc.grace+time.Millisecond, tc.ttl); err == nil {
+			t.Errorf("checkGrace(%v, %v) accepted a grace over the limit", tc.grace+time.Millisecond, tc.ttl)
+		}
+	}
+	// The TTL the refusal suggests does fit the grace.
+	for _, grace := range []time.Duration{time.Second, 2 * time.Second, 4500 * time.Millisecond, 30 * time.Second} {
+		err := checkGrace(grace, time.Second)
+		if err == nil {
+			t.Fatalf("checkGrace(%v, 1s) accepted it", grace)
+		}
+		_, after, _ := strings.Cut(err.Error(), "use --ttl ")
+		ttl, perr := time.ParseDuration(strings.Fields(after)[0])
+		if perr != nil {
+			t.Fatalf("no TTL suggested in %q", err)
+		}
+		if err := checkGrace(grace, ttl); err != nil {
+			t.Errorf("the suggested --ttl %v does not fit --grace %v: %v", ttl, grace, err)
+		}
+		if err := checkGrace(grace, ttl-time.Second); err == nil {
+			t.Errorf("the suggested --ttl %v for --grace %v is not the smallest", ttl, grace)
+		}
+	}
+}
+
+func TestClip(t *testing.T) {
+	short := []byte("node-a")
+	if s, cut := clip(short); s != "node-a" || cut {
+		t.Fatalf("clip(%q) = %q, %v", short, s, cut)
+	}
+	// A multi-byte character across the limit is not split.
+	long := []byte(strings.Repeat("a", microlock.MaxNodeIDLen-1) + "é" + "tail")
+	s, cut := clip(long)
+	if !cut || s != strings.Repeat("a", microlock.MaxNodeIDLen-1) {
+		t.Fatalf("clip of a long value: %d bytes, cut %v", len(s), cut)
+	}
+	if q := quoted([]byte("a\x1b[2J\xff")); q != `"a\x1b[2J\xff"` {
+		t.Fatalf("quoted = %s", q)
+	}
+	if q := quoted(long); !strings.HasSuffix(q, fmt.Sprintf("... (%d bytes in all)", len(long))) {
+		t.Fatalf("quoted long value ends %q", q[len(q)-30:])
+	}
+}
+
+func TestDurationFlag(t *testing.T) {
+	var d time.Duration
+	f := durationFlag{&d}
+	for in, want := range map[string]time.Duration{"10": 10 * time.Second, "1.5": 1500 * time.Millisecond, "250ms": 250 * time.Millisecond, "2m": 2 * time.Minute} {
+		if err := f.Set(in); err != nil || d != want {
+			t.Errorf("Set(%q) = %v, %v; want %v", in, d, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "-1s", "soon", ""} {
+		if err := f.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted", in)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	fs := newFlagSet("x")
+	j := fs.Bool("json", false, "")
+	p, err := parse(fs, []string{"KEY", "--json", "--", "-odd", "--"})
+	if err != nil || !*j || len(p.args) != 1 || p.args[0] != "KEY" || !p.hasDash || strings.Join(p.rest, " ") != "-odd --" {
+		t.Fatalf("parse = %+v, %v (json %v)", p, err, *j)
+	}
+}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// sample is go test -bench output of two repetitions, as the harness prints
+// it, with a log line and a benchmark that failed to report in between.
+const sample = `etcd: 3.7.3, single node, data on tmpfs, no fsync
+goos: linux
+goarch: amd64
+pkg: github.com/microlock/microlock/internal/bench
+cpu: AMD EPYC
+BenchmarkSideBySide/cycle-2         	     541	   5634961 ns/op	       348.1 WithLock-cpu-us	       700 WithLock-us	       600 floor-us	       630 Mutex-us
+BenchmarkSideBySide/cycle-2         	     541	   5634961 ns/op	       348.1 WithLock-cpu-us	       500 WithLock-us	       490 floor-us	       500 Mutex-us
+BenchmarkSideBySide/cycle-2         	     541	   5634961 ns/op	       348.1 WithLock-cpu-us	       660 WithLock-us	       620 floor-us	       640 Mutex-us
+--- BENCH: BenchmarkSideBySide/cycle-2
+    sidebyside_test.go:40: a log line
+BenchmarkSideBySide/trylock-2       	    3159	   1631890 ns/op	       500 etcd-us	       400 microlock-us	       270 txn-us
+BenchmarkContention/C=8/microlock-2 	     327	  10700505 ns/op	      1600 handoffs/s	         1.000 max/min	         0.5635 p50-ms	        94.02 p99-ms
+BenchmarkContention/C=8/etcd-2      	      94	  12402611 ns/op	        50 handoffs/s	         1.000 max/min	         1.316 p50-ms	        90.37 p99-ms
+PASS
+ok  	github.com/microlock/microlock/internal/bench	20.949s
+`
+
+func TestParse(t *testing.T) {
+	var r results
+	if err := parse(strings.NewReader(sample), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.header["cpu"] != "AMD EPYC" || r.header["etcd"] != "3.7.3, single node, data on tmpfs, no fsync" || r.procs != "2" {
+		t.Errorf("header = %v, procs %q", r.header, r.procs)
+	}
+	v, n, ok := r.median("BenchmarkSideBySide/cycle", "WithLock-us")
+	if !ok || n != 3 || v != 660 {
+		t.Errorf("median of WithLock-us = %v over %d (ok %v), want 660 over 3", v, n, ok)
+	}
+	if v, _, _ := r.median("BenchmarkContention/C=8/microlock", "p50-ms"); v != 0.5635 {
+		t.Errorf("p50-ms = %v, want 0.5635", v)
+	}
+	if _, _, ok := r.median("BenchmarkHeld/N=1000/etcd", "lost"); ok {
+		t.Error("a benchmark that did not run has a median")
+	}
+	// An even number of samples: the mean of the middle two.
+	r.samples["x"] = map[string][]float64{"u": {4, 1, 3, 2}}
+	if v, _, _ := r.median("x", "u"); v != 2.5 {
+		t.Errorf("median of 1…4 = %v, want 2.5", v)
+	}
+}
+
+func TestParseRejectsGarbledResult(t *testing.T) {
+	var r results
+	err := parse(strings.NewReader("BenchmarkX-2  10  100 ns/op  7\n"), &r)
+	if err == nil {
+		t.Fatal("parse accepted a result line with a value and no unit")
+	}
+}
+
+func TestTable(t *testing.T) {
+	var r results
+	if err := parse(strings.NewReader(sample), &r); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	render(&out, &r)
+	got := out.String()
+	for _, want := range []string{"cpu: AMD EPYC", "GOMAXPROCS: 2", "median of 3 run(s)", "| Measure"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, got)
+		}
+	}
+	for _, tc := range []struct{ measure, ratio, result string }{
+		// 660 / 600: at the bound, met.
+		{"Uncontended cycle in turn", "1.10×", "PASS"},
+		// 400 / 500 > 0.6: missed.
+		{"TryLock on a held key in turn", "0.80×", "FAIL"},
+		// 1600 / 50 ≥ 30: met.
+		{"Contention C=8: handoffs/s", "32×", "PASS"},
+		// 1600 / (1e6 / 630 µs) ≥ 0.45: met.
+		{"C=8 handoffs/s ÷ uncontended", "1.01×", "PASS"},
+		// Not measured.
+		{"Independent keys K=16", "—", "n/a"},
+	} {
+		cells := strings.Split(rowOf(got, tc.measure), "|")
+		if len(cells) != 9 {
+			t.Errorf("no row %q:\n%s", tc.measure, got)
+			continue
+		}
+		if ratio, result := strings.TrimSpace(cells[5]), strings.TrimSpace(cells[7]); ratio != tc.ratio || result != tc.result {
+			t.Errorf("%s: ratio %s, result %s; want %s, %s", tc.measure, ratio, result, tc.ratio, tc.result)
+		}
+	}
+}
+
+func rowOf(table, measure string) string {
+	for _, line := range strings.Split(table, "\n") {
+		if strings.Contains(line, measure) {
+			return line
+		}
+	}
+	return ""
+}
+
+func TestRunWritesFile(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "bench.txt")
+	if err := os.WriteFile(in, []byte(sample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "table.md")
+	var stdout bytes.Buffer
+	if err := run([]string{in}, out, nil, &stdout); err != nil {
+		t.Fatal(err)
+	}
+	written, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(written, stdout.Bytes()) || !bytes.Contains(written, []byte("| Measure")) {
+		t.Errorf("the file and standard output differ, or hold no table:\n%s", written)
+	}
+	if err := run(nil, "", strings.NewReader("PASS\n"), &stdout); err == nil {
+		t.Error("run accepted input with no benchmark results")
+	}
+}

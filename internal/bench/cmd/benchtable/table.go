@@ -1,0 +1,311 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strings"
+)
+
+// The benchmarks the table reads, as named by ./internal/bench.
+const (
+	floorTxnDelete = "BenchmarkFloor/TxnDelete"
+	floorTxn       = "BenchmarkFloor/Txn"
+	floorGet       = "BenchmarkFloor/Get"
+	cycleWithLock  = "BenchmarkUncontended/microlock/WithLock"
+	cycleMutex     = "BenchmarkUncontended/microlock/Mutex"
+	cycleSession   = "BenchmarkUncontended/etcd/Session"
+	cycleNewSess   = "BenchmarkUncontended/etcd/NewSession"
+	tryMicrolock   = "BenchmarkTryLockFail/microlock"
+	tryEtcd        = "BenchmarkTryLockFail/etcd"
+)
+
+func contention(c int, lib string) string { return fmt.Sprintf("BenchmarkContention/C=%d/%s", c, lib) }
+func keys(k int) string                   { return fmt.Sprintf("BenchmarkKeys/K=%d", k) }
+func held(n int, lib string) string       { return fmt.Sprintf("BenchmarkHeld/N=%d/%s", n, lib) }
+
+// row is one line of the table. result is PASS or FAIL for a target, empty
+// for a figure shown for reference, "n/a" when a number is missing.
+type row struct {
+	measure, microlock, etcd, floor, ratio, target, result string
+}
+
+// table builds the rows from results.
+type table struct {
+	r    *results
+	rows []row
+}
+
+// val is a median, or NaN when the benchmark did not run.
+func (t *table) val(name, unit string) float64 {
+	v, _, ok := t.r.median(name, unit)
+	if !ok {
+		return math.NaN()
+	}
+	return v
+}
+
+// us is a benchmark's time per op in µs.
+func (t *table) us(name string) float64 { return t.val(name, "ns/op") / 1e3 }
+
+func (t *table) add(r row) { t.rows = append(t.rows, r) }
+
+// target is a ratio's goal: at most or at least a bound.
+type target struct {
+	atMost bool
+	bound  float64
+	text   string
+}
+
+func atMost(x float64, what string) target {
+	return target{atMost: true, bound: x, text: "≤ " + num(x) + "×" + what}
+}
+
+func atLeast(x float64, what string) target {
+	return target{bound: x, text: "≥ " + num(x) + "×" + what}
+}
+
+func (g target) judge(ratio float64) string {
+	switch {
+	case math.IsNaN(ratio):
+		return "n/a"
+	case g.atMost && ratio <= g.bound, !g.atMost && ratio >= g.bound:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// num formats a figure with three significant digits or so.
+func num(v float64) string {
+	switch a := math.Abs(v); {
+	case math.IsNaN(v):
+		return "—"
+	case math.IsInf(v, 0):
+		return "∞"
+	case a >= 100 || a == math.Trunc(a) && a < 1e6:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func ratio(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "—"
+	case math.IsInf(v, 0) || math.Abs(v) >= 10:
+		return num(v) + "×"
+	}
+	return fmt.Sprintf("%.2f×", v)
+}
+
+func (t *table) build() {
+	const cyc, try = "BenchmarkSideBySide/cycle", "BenchmarkSideBySide/trylock"
+	t.add(row{measure: "Floor, alone: put-if-absent Txn + Delete (µs)", floor: num(t.us(floorTxnDelete))})
+	t.add(row{measure: "Floor, alone: one write Txn (µs)", floor: num(t.us(floorTxn))})
+	t.add(row{measure: "Floor, alone: one linearizable Get (µs)", floor: num(t.us(floorGet))})
+
+	// Uncontended cycle, from the benchmark that runs them in turn.
+	floor := t.val(cyc, "floor-us")
+	wl, mu := t.val(cyc, "WithLock-us"), t.val(cyc, "Mutex-us")
+	sess, ns := t.val(cyc, "etcd-Session-us"), t.val(cyc, "etcd-NewSession-us")
+	g := atMost(1.10, " floor")
+	t.add(row{"Uncontended cycle in turn (µs): WithLock; etcd: Session reused", num(wl), num(sess), num(floor), ratio(wl / floor), g.text, g.judge(wl / floor)})
+	t.add(row{measure: "… etcd, Session reused ÷ floor (1.06× where targets were set)", etcd: num(sess), floor: num(floor), ratio: ratio(sess / floor)})
+	t.add(row{measure: "… etcd, new Session per cycle ÷ floor (2.45× there)", etcd: num(ns), floor: num(floor), ratio: ratio(ns / floor)})
+	t.add(row{measure: "… microlock Mutex.Lock+Unlock ÷ floor", microlock: num(mu), floor: num(floor), ratio: ratio(mu / floor)})
+	rq := t.val(cyc, "requests-us")
+	t.add(row{measure: "… microlock's two requests sent by hand ÷ floor", microlock: num(rq), floor: num(floor), ratio: ratio(rq / floor)})
+	t.add(row{measure: "Uncontended cycle alone (µs): WithLock; etcd: Session reused", microlock: num(t.us(cycleWithLock)), etcd: num(t.us(cycleSession)), floor: num(t.us(floorTxnDelete))})
+	t.add(row{measure: "Uncontended cycle alone (µs): Mutex; etcd: new Session per cycle", microlock: num(t.us(cycleMutex)), etcd: num(t.us(cycleNewSess)), floor: num(t.us(floorTxnDelete))})
+	for _, c := range []struct{ what, ml, etcd string }{
+		{"WithLock; etcd: Session reused", cycleWithLock, cycleSession},
+		{"Mutex; etcd: new Session per cycle", cycleMutex, cycleNewSess},
+	} {
+		t.add(row{
+			measure:   "Allocations per cycle, " + c.what + " (allocs/op, B/op)",
+			microlock: num(t.val(c.ml, "allocs/op")) + ", " + num(t.val(c.ml, "B/op")),
+			etcd:      num(t.val(c.etcd, "allocs/op")) + ", " + num(t.val(c.etcd, "B/op")),
+			floor:     num(t.val(floorTxnDelete, "allocs/op")) + ", " + num(t.val(floorTxnDelete, "B/op")),
+		})
+	}
+	growth := func(name string) float64 { return t.val(name, "late-allocs/op") / t.val(name, "early-allocs/op") }
+	g = atMost(1.05, "")
+	for _, c := range []struct{ what, ml, etcd string }{
+		{"WithLock; etcd: Session reused", cycleWithLock, cycleSession},
+		{"Mutex; etcd: new Session per cycle", cycleMutex, cycleNewSess},
+	} {
+		t.add(row{
+			measure:   "Alloc growth, " + c.what + ": 2nd-half ÷ 1st-half allocs/cycle",
+			microlock: ratio(growth(c.ml)), etcd: ratio(growth(c.etcd)),
+			ratio: ratio(growth(c.ml)), target: g.text + " (no growth)", result: g.judge(growth(c.ml)),
+		})
+		t.add(row{
+			measure:   "… 2nd half: heap growth per cycle (B), goroutines per cycle",
+			microlock: num(t.val(c.ml, "late-heap-B/op")) + ", " + num(t.val(c.ml, "late-goroutines/op")),
+			etcd:      num(t.val(c.etcd, "late-heap-B/op")) + ", " + num(t.val(c.etcd, "late-goroutines/op")),
+		})
+	}
+	const gr = "BenchmarkGrowth"
+	gm := t.val(gr, "microlock-last-us") / t.val(gr, "microlock-first-us")
+	ge := t.val(gr, "etcd-last-us") / t.val(gr, "etcd-first-us")
+	g = atMost(1.10, "")
+	t.add(row{
+		measure:   fmt.Sprintf("Hot key: cycle time, last ÷ first tenth of %s cycles (µs)", num(t.val(gr, "cycles"))),
+		microlock: num(t.val(gr, "microlock-last-us")) + " ÷ " + num(t.val(gr, "microlock-first-us")),
+		etcd:      num(t.val(gr, "etcd-last-us")) + " ÷ " + num(t.val(gr, "etcd-first-us")),
+		ratio:     ratio(gm) + " / " + ratio(ge),
+	})
+	rg := t.val(gr, "relative-growth")
+	t.add(row{
+		measure: "… microlock's growth ÷ etcd's (etcd's key never changes: the control)",
+		ratio:   ratio(rg), target: g.text + " (no growth)", result: g.judge(rg),
+	})
+
+	// TryLock failure, in turn with etcd's and a one-Txn floor.
+	tm, te := t.val(try, "microlock-us"), t.val(try, "etcd-us")
+	g = atMost(0.6, " etcd")
+	t.add(row{"TryLock on a held key in turn (µs); floor: one write Txn", num(tm), num(te), num(t.val(try, "txn-us")), ratio(tm / te), g.text, g.judge(tm / te)})
+	t.add(row{measure: "TryLock on a held key alone (µs); floor: one write Txn", microlock: num(t.us(tryMicrolock)), etcd: num(t.us(tryEtcd)), floor: num(t.us(floorTxn))})
+
+	// Contention.
+	for _, c := range []int{2, 8, 32} {
+		ml, et := contention(c, "microlock"), contention(c, "etcd")
+		hm, he := t.val(ml, "handoffs/s"), t.val(et, "handoffs/s")
+		r := row{measure: fmt.Sprintf("Contention C=%d: handoffs/s", c), microlock: num(hm), etcd: num(he), ratio: ratio(hm / he)}
+		if c <= 8 {
+			g := atLeast(30, " etcd")
+			r.target, r.result = g.text, g.judge(hm/he)
+		}
+		t.add(r)
+		t.add(row{
+			measure:   "… handoff latency p50 / p99 (ms)",
+			microlock: num(t.val(ml, "p50-ms")) + " / " + num(t.val(ml, "p99-ms")),
+			etcd:      num(t.val(et, "p50-ms")) + " / " + num(t.val(et, "p99-ms")),
+		})
+		fm := t.val(ml, "max/min")
+		g := atMost(1.1, "")
+		t.add(row{"… fairness: most ÷ fewest acquisitions", ratio(fm), ratio(t.val(et, "max/min")), "", ratio(fm), g.text, g.judge(fm)})
+	}
+	c8, own := t.val(contention(8, "microlock"), "handoffs/s"), 1e6/mu
+	g = atLeast(0.45, " own cycles/s")
+	t.add(row{"C=8 handoffs/s ÷ uncontended Mutex cycles/s (in turn)", num(c8) + " ÷ " + num(own), "", "", ratio(c8 / own), g.text, g.judge(c8 / own)})
+
+	// Independent keys.
+	for _, k := range []int{16, 256} {
+		km, ke := t.val(keys(k), "microlock-cycles/s"), t.val(keys(k), "etcd-cycles/s")
+		g := atLeast(1.0, " etcd")
+		t.add(row{fmt.Sprintf("Independent keys K=%d on one client, in turn: cycles/s", k), num(km), num(ke), "", ratio(km / ke), g.text, g.judge(km / ke)})
+		cm, ce := t.val(keys(k), "microlock-cpu-us/cycle"), t.val(keys(k), "etcd-cpu-us/cycle")
+		t.add(row{measure: "… client CPU per cycle (µs)", microlock: num(cm), etcd: num(ce), ratio: ratio(cm / ce)})
+		sm, se := t.val(keys(k), "microlock-etcd-cpu-us/cycle"), t.val(keys(k), "etcd-etcd-cpu-us/cycle")
+		t.add(row{measure: "… etcd server CPU per cycle (µs)", microlock: num(sm), etcd: num(se), ratio: ratio(sm / se)})
+	}
+
+	// Held locks.
+	const few, many = 1000, 10000
+	kaFew, kaMany := t.val(held(few, "microlock"), "keepalives/s"), t.val(held(many, "microlock"), "keepalives/s")
+	for _, n := range []int{few, many} {
+		r := row{
+			measure:   fmt.Sprintf("Held N=%d for %ss: keepalive messages/s", n, num(t.val(held(n, "microlock"), "hold-s"))),
+			microlock: num(t.val(held(n, "microlock"), "keepalives/s")),
+			etcd:      num(t.val(held(n, "etcd"), "keepalives/s")),
+		}
+		if n == many {
+			g := atMost(1.25, " at N=1000")
+			r.ratio, r.target, r.result = ratio(kaMany/kaFew), g.text+" (per lease, not per lock)", g.judge(kaMany/kaFew)
+		}
+		t.add(r)
+	}
+	for _, n := range []int{few, many} {
+		cm, ce := t.val(held(n, "microlock"), "cpu-ms/s"), t.val(held(n, "etcd"), "cpu-ms/s")
+		r := row{measure: fmt.Sprintf("Held N=%d: client CPU (ms per s)", n), microlock: num(cm), etcd: num(ce), ratio: ratio(cm / ce)}
+		if n == many {
+			g := atMost(0.2, " etcd")
+			r.target, r.result = g.text, g.judge(cm/ce)
+		}
+		t.add(r)
+	}
+	for _, n := range []int{few, many} {
+		hm, he := t.val(held(n, "microlock"), "heap-B/lock"), t.val(held(n, "etcd"), "heap-B/lock")
+		g := atMost(1.0, " etcd")
+		t.add(row{fmt.Sprintf("Held N=%d: heap in use per held lock (B)", n), num(hm), num(he), "", ratio(hm / he), g.text, g.judge(hm / he)})
+		rm, re := t.val(held(n, "microlock"), "rss-B/lock"), t.val(held(n, "etcd"), "rss-B/lock")
+		t.add(row{measure: "… resident set per held lock (B)", microlock: num(rm), etcd: num(re), ratio: ratio(rm / re)})
+		t.add(row{measure: "… goroutines per held lock", microlock: num(t.val(held(n, "microlock"), "goroutines/lock")), etcd: num(t.val(held(n, "etcd"), "goroutines/lock"))})
+	}
+	lm := t.val(held(few, "microlock"), "lost") + t.val(held(many, "microlock"), "lost")
+	le := t.val(held(few, "etcd"), "lost") + t.val(held(many, "etcd"), "lost")
+	lost := "n/a"
+	if !math.IsNaN(lm) {
+		lost = "PASS"
+		if lm != 0 {
+			lost = "FAIL"
+		}
+	}
+	t.add(row{measure: "Held: locks lost (N=1000 and 10000)", microlock: num(lm), etcd: num(le), target: "0", result: lost})
+}
+
+// render writes the table in Markdown, with the run's particulars above it.
+func render(w io.Writer, r *results) {
+	t := &table{r: r}
+	t.build()
+	fmt.Fprintf(w, "microlock vs etcd concurrency.Mutex vs raw etcd\n")
+	for _, k := range []string{"cpu", "goos", "goarch", "etcd"} {
+		if v := r.header[k]; v != "" {
+			fmt.Fprintf(w, "%s: %s\n", k, v)
+		}
+	}
+	if r.procs != "" {
+		fmt.Fprintf(w, "GOMAXPROCS: %s\n", r.procs)
+	}
+	_, n, _ := r.median("BenchmarkSideBySide/cycle", "ns/op")
+	fmt.Fprintf(w, "Each figure is the median of %d run(s) of its benchmark; times vary from machine to machine and run to run, ratios less.\n\n", n)
+
+	head := row{"Measure", "microlock", "etcd", "floor", "ratio", "target", "result"}
+	all := append([]row{head}, t.rows...)
+	width := make([]int, 7)
+	for _, r := range all {
+		for i, c := range r.cells() {
+			width[i] = max(width[i], len([]rune(c)))
+		}
+	}
+	line := func(cells []string) {
+		for i, c := range cells {
+			pad := width[i] - len([]rune(c))
+			if i == 0 {
+				fmt.Fprintf(w, "| %s%s ", c, strings.Repeat(" ", pad))
+			} else {
+				fmt.Fprintf(w, "| %s%s ", strings.Repeat(" ", pad), c)
+			}
+		}
+		fmt.Fprintln(w, "|")
+	}
+	line(head.cells())
+	sep := make([]string, 7)
+	for i := range sep {
+		sep[i] = strings.Repeat("-", width[i])
+	}
+	fmt.Fprintf(w, "|-%s-|\n", strings.Join(sep, "-|-"))
+	for _, r := range t.rows {
+		line(r.cells())
+	}
+	var pass, fail, na int
+	for _, r := range t.rows {
+		switch r.result {
+		case "PASS":
+			pass++
+		case "FAIL":
+			fail++
+		case "n/a":
+			na++
+		}
+	}
+	fmt.Fprintf(w, "\nTargets: %d met, %d missed, %d not measured.\n", pass, fail, na)
+}
+
+func (r row) cells() []string {
+	return []string{r.measure, r.microlock, r.etcd, r.floor, r.ratio, r.target, r.result}
+}
