@@ -31,8 +31,7 @@ type hold struct {
 	cancel context.CancelCauseFunc
 
 	mu         sync.Mutex
-	links      map[int]context.CancelCauseFunc // contexts that end with the hold
-	nextLink   int
+	links      []context.CancelCauseFunc // contexts that end with the hold; nil when unlinked
 	watchTimer *time.Timer
 
 	watchers   sync.WaitGroup // watchTimer's callback
@@ -52,8 +51,7 @@ func newHold(m *Mutex, l *lease) *hold {
 		// The slot makes the key unique among the live keys of this lease
 		// under this prefix; a name is reused only once its key is known
 		// to be gone, so the create revision tells holds apart.
-		key:   m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(slot),
-		links: make(map[int]context.CancelCauseFunc),
+		key: m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(slot),
 	}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
 	return h
@@ -68,13 +66,14 @@ func (h *hold) link(cancel context.CancelCauseFunc) (unlink func()) {
 		cancel(context.Cause(h.ctx))
 		return func() {}
 	}
-	id := h.nextLink
-	h.nextLink++
-	h.links[id] = cancel
+	i := len(h.links)
+	h.links = append(h.links, cancel)
 	h.mu.Unlock()
 	return func() {
 		h.mu.Lock()
-		delete(h.links, id)
+		if i < len(h.links) {
+			h.links[i] = nil
+		}
 		h.mu.Unlock()
 	}
 }
@@ -92,7 +91,9 @@ func (h *hold) end(cause error) bool {
 	h.links = nil
 	h.mu.Unlock()
 	for _, cancel := range links {
-		cancel(cause)
+		if cancel != nil {
+			cancel(cause)
+		}
 	}
 	return true
 }

@@ -148,6 +148,7 @@ type lease struct {
 	deadline  time.Time // every hold on the lease is lost at this instant
 	refs      int       // holds and acquisitions using the lease
 	idleSince time.Time // when refs last fell to zero
+	idling    bool      // the loop's idle timer is running: unref need not wake it
 	ended     bool
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
@@ -247,8 +248,11 @@ func (l *lease) unref() {
 	if idle {
 		l.idleSince = time.Now()
 	}
+	// While the idle timer runs it rechecks when it fires: a loop of
+	// WithLock calls must not wake the renewal goroutine every time.
+	wake := idle && (!l.idling || l.retired)
 	l.mu.Unlock()
-	if idle {
+	if wake {
 		l.poke()
 	}
 }
@@ -406,7 +410,11 @@ func (l *lease) run() {
 	idle := time.NewTimer(leaseLinger)
 	idle.Stop()
 	defer idle.Stop()
-	idling := false
+	setIdling := func(on bool) {
+		l.mu.Lock()
+		l.idling = on
+		l.mu.Unlock()
+	}
 
 	results := make(chan error, 1)
 	inflight := false
@@ -461,7 +469,7 @@ func (l *lease) run() {
 			l.mu.Lock()
 			ended, expired := l.ended, l.expired
 			l.expired = nil
-			unused, retired, since := l.refs == 0, l.retired, l.idleSince
+			unused, retired, since, idling := l.refs == 0, l.retired, l.idleSince, l.idling
 			l.mu.Unlock()
 			if ended {
 				emitLost(expired)
@@ -473,25 +481,25 @@ func (l *lease) run() {
 				}
 			} else if unused && !idling {
 				idle.Reset(leaseLinger - time.Since(since))
-				idling = true
+				setIdling(true)
 			}
 
 		case <-idle.C:
-			idling = false
 			l.mu.Lock()
 			refs, since, retired := l.refs, l.idleSince, l.retired
+			l.idling = refs == 0 // in use: the next unref wakes us again
 			l.mu.Unlock()
 			if refs > 0 {
-				continue // the next unref wakes us again
+				continue
 			}
 			if wait := leaseLinger - time.Since(since); wait > 0 && !retired {
 				idle.Reset(wait)
-				idling = true
 				continue
 			}
 			if l.close(cancel, &wg) {
 				return
 			}
+			setIdling(false) // taken meanwhile: the next unref wakes us again
 		}
 	}
 }
