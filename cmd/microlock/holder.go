@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -44,18 +45,7 @@ func (c *cli) holder(args []string) error {
 	fs := newFlagSet("holder")
 	conn := addConnFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	p, err := c.parseOrHelp(fs, args, holderHelp())
-	if err != nil {
-		return err
-	}
-	key, err := oneKey("holder", p)
-	if err != nil {
-		return err
-	}
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return err
-	}
-	client, err := conn.client()
+	key, client, err := c.keyAndClient("holder", fs, conn, args, holderHelp())
 	if err != nil {
 		return err
 	}
@@ -77,6 +67,27 @@ func (c *cli) holder(args []string) error {
 	}
 	st.writeText(c.stdout)
 	return nil
+}
+
+// keyAndClient parses the flags and the single KEY of holder and watch, and
+// connects to etcd.
+func (c *cli) keyAndClient(cmd string, fs *flag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
+	p, err := c.parseOrHelp(fs, args, h)
+	if err != nil {
+		return "", nil, err
+	}
+	key, err := oneKey(cmd, p)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return "", nil, err
+	}
+	client, err := conn.client()
+	if err != nil {
+		return "", nil, err
+	}
+	return key, client, nil
 }
 
 // oneKey returns the single positional KEY of holder and watch.

@@ -38,18 +38,7 @@ func (c *cli) watch(args []string) error {
 	fs := newFlagSet("watch")
 	conn := addConnFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
-	p, err := c.parseOrHelp(fs, args, watchHelp())
-	if err != nil {
-		return err
-	}
-	key, err := oneKey("watch", p)
-	if err != nil {
-		return err
-	}
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return err
-	}
-	client, err := conn.client()
+	key, client, err := c.keyAndClient("watch", fs, conn, args, watchHelp())
 	if err != nil {
 		return err
 	}
