@@ -27,6 +27,13 @@ const (
 	revokeTimeout = 2 * time.Second
 )
 
+// attemptTimeout bounds one request on the lock path (a renewal, a place
+// in the queue, a read while waiting), so that a member that is paused or
+// cut off costs a retry on another member rather than the lease.
+func attemptTimeout(ttl time.Duration) time.Duration {
+	return max(ttl/6, 250*time.Millisecond)
+}
+
 // grantTimeout bounds one lease grant: the TTL asked for, at least 2 s.
 func grantTimeout(ttl int64) time.Duration {
 	return max(time.Duration(ttl)*time.Second, 2*time.Second)
@@ -433,12 +440,18 @@ func (l *lease) run() {
 			}
 			inflight = true
 			lastSend = time.Now()
-			rctx, rcancel := context.WithDeadline(ctx, l.currentDeadline())
+			// One attempt must not use up the whole deadline: a member that
+			// is paused or cut off would hold it, while a retry goes to
+			// another member. WithRequireLeader makes a member without a
+			// leader answer at once.
+			rctx, rcancel := context.WithDeadline(clientv3.WithRequireLeader(ctx), l.currentDeadline())
+			rctx, rcancel2 := context.WithTimeout(rctx, attemptTimeout(l.ttl))
 			orphans := l.orphanList()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer rcancel()
+				defer rcancel2()
 				err := l.keepAliveOnce(rctx)
 				if err == nil && len(orphans) > 0 {
 					l.deleteOrphans(rctx, orphans)

@@ -83,9 +83,12 @@ func (w *keyWatch) remove(h *hold) {
 	}
 }
 
-// stop ends the stream and waits for the goroutines.
+// stop ends the stream and waits for the goroutines. Cancelling under mu
+// orders it against add, which starts run under mu only while ctx is live.
 func (w *keyWatch) stop() {
+	w.mu.Lock()
 	w.cancel()
+	w.mu.Unlock()
 	w.wg.Wait()
 }
 

@@ -30,6 +30,10 @@ type place struct {
 // the put, it reads the last key of the queue: the predecessor. It reports
 // whether h is first.
 func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err error) {
+	// A timed-out attempt is retried with the same key, which the Else
+	// branch finds if the write landed.
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout(h.lease.ttl))
+	defer cancel()
 	resp, err := m.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)).
 		Then(
@@ -63,7 +67,9 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 		if p.pred == "" {
 			// Our key and the one just ahead of it, in one read.
 			opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(2))
-			resp, err := m.client.Get(ctx, m.pfx, opts...)
+			gctx, cancel := context.WithTimeout(ctx, attemptTimeout(h.lease.ttl))
+			resp, err := m.client.Get(gctx, m.pfx, opts...)
+			cancel()
 			if err != nil {
 				return err
 			}

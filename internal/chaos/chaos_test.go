@@ -1,0 +1,207 @@
+package chaos_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/microlock/microlock/internal/chaos"
+	"github.com/microlock/microlock/internal/etcdtest"
+)
+
+// Environment of a run. The default is the short profile, which every
+// go test runs; make chaos sets the full one.
+const (
+	envProfile = "MICROLOCK_CHAOS"        // "full" for the full profile
+	envSeed    = "MICROLOCK_CHAOS_SEED"   // the full profile's seed; default: the time
+	envLength  = "MICROLOCK_CHAOS_LENGTH" // the full profile's length per variant; default fullLength
+	envReport  = "MICROLOCK_CHAOS_REPORT" // file for the table; default: the test's artifact directory
+)
+
+// fullLength is the full profile's planned fault time per variant.
+const fullLength = 5 * time.Minute
+
+const (
+	lockKey    = "chaos/register"
+	counterKey = "chaos/counter"
+	historyKey = "chaos/" // a prefix covering both
+)
+
+func profile(t *testing.T) chaos.Profile {
+	t.Helper()
+	if os.Getenv(envProfile) != "full" {
+		return chaos.Short()
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv(envSeed); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("%s=%q: %v", envSeed, s, err)
+		}
+	}
+	length := fullLength
+	if s := os.Getenv(envLength); s != "" {
+		var err error
+		if length, err = time.ParseDuration(s); err != nil || length <= 0 {
+			t.Fatalf("%s=%q: want a positive duration", envLength, s)
+		}
+	}
+	return chaos.Full(seed, length)
+}
+
+// TestChaos runs the workload under faults, once with plain writes and once
+// with fenced writes, each on a fresh cluster, and fails on any violation
+// that the checks forbid. The table is logged and written to a file.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the fault-injection suite runs for minutes")
+	}
+	p := profile(t)
+	if p.Name == "full" {
+		t.Logf("profile full, seed %d (replay with %s=full %s=%d)", p.Seed, envProfile, envSeed, p.Seed)
+	} else {
+		t.Logf("profile %s, seed %d", p.Name, p.Seed)
+	}
+	bin := buildWorker(t)
+
+	var results []*chaos.Result
+	version := "?"
+	for _, v := range []chaos.Variant{chaos.Plain, chaos.Fenced} {
+		t.Run(string(v), func(t *testing.T) {
+			res, ver := runVariant(t, bin, p, v)
+			results, version = append(results, res), ver
+			for i, viol := range res.Forbidden() {
+				if i == 20 {
+					t.Errorf("%d more forbidden violations", len(res.Forbidden())-i)
+					break
+				}
+				t.Errorf("%s (%s): %s", viol.Check, faultName(viol.Fault), viol.Detail)
+			}
+		})
+	}
+	if len(results) == 0 {
+		return
+	}
+	report := chaos.Report(p, version, results, 5)
+	t.Log("\n" + report)
+	path := os.Getenv(envReport)
+	if path == "" {
+		path = filepath.Join(t.ArtifactDir(), "chaos-report.txt")
+	}
+	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
+		t.Errorf("writing the report: %v", err)
+	} else {
+		t.Logf("report written to %s", path)
+	}
+}
+
+func faultName(k chaos.Kind) string {
+	if k == "" {
+		return "no fault"
+	}
+	return string(k)
+}
+
+// runVariant runs one variant on a fresh cluster and checks it; if the run
+// cannot be carried out, the test stops.
+func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*chaos.Result, string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := etcdtest.Start(t, 3, etcdtest.WithPeerProxies())
+	admin := c.Client(t)
+	st, err := admin.Status(ctx, c.Members[0].ClientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &nemesis{
+		t:       t,
+		c:       c,
+		admin:   admin,
+		prefix:  lockKey + "/",
+		counter: counterKey,
+		ttl:     p.TTL,
+		rng:     rand.New(rand.NewPCG(p.Seed, 1)),
+	}
+	for _, m := range c.Members {
+		n.members = append(n.members, c.Client(t, m.ClientURL))
+	}
+
+	run := &chaos.Run{Variant: v, TTL: p.TTL, LockPrefix: lockKey + "/", Counter: counterKey, Start: chaos.Now()}
+	// Kept with go test -artifacts, for a look at the timeline.
+	dir := t.ArtifactDir()
+	for i := range p.Workers {
+		n.workers = append(n.workers, startWorker(t, workerConfig{
+			bin: bin, dir: dir, node: fmt.Sprintf("w%d", i+1),
+			variant: v, ttl: p.TTL, seed: p.Seed + uint64(i),
+			key: lockKey, counter: counterKey, cluster: c,
+		}))
+	}
+	// Faults begin once the workers are under way.
+	if _, err := n.progress(ctx, chaos.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.run(ctx, chaos.Schedule(p, v)); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range n.workers {
+		if err := w.stop(); err != nil {
+			t.Error(err)
+		}
+	}
+	run.End = chaos.Now()
+	run.Faults = n.faults
+	for _, w := range n.workers {
+		recs, err := chaos.ReadRecords(w.records)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run.Records = append(run.Records, recs...)
+	}
+	hctx, hcancel := context.WithTimeout(ctx, time.Minute)
+	defer hcancel()
+	if run.History, err = chaos.ReadHistory(hctx, admin, historyKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := saveTimeline(dir, run); err != nil {
+		t.Error(err)
+	}
+	// Checked even if a worker failed (a data race it found, say): the
+	// history is complete, and the table is worth having.
+	return chaos.Check(run), "v" + st.Version
+}
+
+// saveTimeline writes the faults and etcd's history next to the workers'
+// records, one JSON value a line.
+func saveTimeline(dir string, run *chaos.Run) error {
+	for name, items := range map[string][]any{
+		"faults.jsonl":  toAny(run.Faults),
+		"history.jsonl": toAny(run.History),
+	} {
+		var b []byte
+		for _, it := range items {
+			line, err := json.Marshal(it)
+			if err != nil {
+				return err
+			}
+			b = append(append(b, line...), '\n')
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func toAny[T any](s []T) []any {
+	out := make([]any, len(s))
+	for i := range s {
+		out[i] = s[i]
+	}
+	return out
+}

@@ -1,0 +1,182 @@
+package chaos
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report renders the results of a run as the table that the suite prints
+// and writes to a file, followed by the evidence for the violations: at most
+// perCheck of each check, variant and verdict, forbidden ones first.
+func Report(p Profile, etcdVersion string, results []*Result, perCheck int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "microlock fault-injection run: profile %s, seed %d\n", p.Name, p.Seed)
+	fmt.Fprintf(&b, "%d worker processes, 3 etcd %s members, lock TTL %v; every worker reaches etcd through its own proxies\n\n",
+		p.Workers, etcdVersion, p.TTL)
+
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	row := func(label string, cell func(r *Result) string) {
+		fmt.Fprintf(tw, "%s\t", label)
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t", cell(r))
+		}
+		fmt.Fprintln(tw)
+	}
+	row("", func(r *Result) string { return string(r.Variant) })
+	row("run time", func(r *Result) string { return fmtDur(r.Duration) })
+	row("WithLock calls / holds", func(r *Result) string { return fmt.Sprintf("%d / %d", r.Calls, r.Holds) })
+	row("writes attempted", func(r *Result) string { return fmt.Sprint(r.Attempted) })
+	row("  acknowledged", func(r *Result) string { return fmt.Sprint(r.Acked) })
+	row("  refused by the fence", func(r *Result) string { return fmt.Sprint(r.Refused) })
+	row("  no answer (landed anyway)", func(r *Result) string { return fmt.Sprintf("%d (%d)", r.Unknown, r.LandedUnacked) })
+	row("final counter", func(r *Result) string { return fmt.Sprint(r.Final) })
+	row("acknowledged + landed unanswered", func(r *Result) string { return fmt.Sprint(r.Acked + r.LandedUnacked) })
+	row("lost updates (acknowledged)", func(r *Result) string { return fmt.Sprintf("%d (%d)", r.LostIncrements, r.LostAcked) })
+	row("faults injected (holder caught)", func(r *Result) string { return fmt.Sprint(sum(r.Faults)) })
+	for _, k := range Kinds() {
+		row("  "+string(k), func(r *Result) string {
+			if k == WorkerPartition || k == WorkerPause {
+				return fmt.Sprintf("%d (%d)", r.Faults[k], r.HoldingFaults[k])
+			}
+			return fmt.Sprint(r.Faults[k])
+		})
+	}
+	row("violations: forbidden / allowed", func(r *Result) string {
+		var forbidden, allowed int64
+		for _, check := range Checks() {
+			forbidden += r.Count(check, false)
+			allowed += r.Count(check, true)
+		}
+		return fmt.Sprintf("%d / %d", forbidden, allowed)
+	})
+	for _, check := range Checks() {
+		row("  "+check, func(r *Result) string {
+			return fmt.Sprintf("%d / %d", r.Count(check, false), r.Count(check, true))
+		})
+	}
+	row("holder pauses caught: reading / gap / writing / after", func(r *Result) string {
+		n := make(map[string]int)
+		for _, p := range r.Pauses {
+			n[p.Phase]++
+		}
+		return fmt.Sprintf("%d / %d / %d / %d", n[PhaseRead], n[PhaseGap], n[PhaseWrite], n[PhaseAfter])
+	})
+	row("  tried to write on waking: landed / refused", func(r *Result) string {
+		var wrote, landed, refused int
+		for _, p := range r.Pauses {
+			if p.Wrote {
+				wrote++
+				if p.Landed {
+					landed++
+				}
+				if p.Refused {
+					refused++
+				}
+			}
+		}
+		return fmt.Sprintf("%d: %d / %d", wrote, landed, refused)
+	})
+	row("fault → loss signal: median / p99 / max", func(r *Result) string { return dist(all(r.ToLoss)) })
+	row("fault → next acquisition: median / p99 / max", func(r *Result) string { return dist(all(r.ToAcquire)) })
+	row("loss signal → takeover: min / median", func(r *Result) string {
+		if len(r.Margins) == 0 {
+			return "-"
+		}
+		return fmtDur(quantile(r.Margins, 0)) + " / " + fmtDur(quantile(r.Margins, 0.5))
+	})
+	tw.Flush()
+
+	b.WriteString("\nBy fault kind (n: faults with a loss signal / all): median / p99 / max\n")
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "fault\tvariant\tn\tfault → loss signal\tfault → next acquisition\t")
+	for _, k := range Kinds() {
+		for _, r := range results {
+			if r.Faults[k] == 0 {
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t\n", k, r.Variant, len(r.ToLoss[k]), r.Faults[k], dist(r.ToLoss[k]), dist(r.ToAcquire[k]))
+		}
+	}
+	tw.Flush()
+
+	b.WriteString("\nForbidden violations fail the run. Allowed, with the evidence checked for each: a worker\n" +
+		"paused while it holds the lock cannot hear its loss signal, so the next holder takes over\n" +
+		"while it still works (both variants); and in the plain variant an unguarded write that left\n" +
+		"its writer while it held the lock can still land after the hold ended, if the writer was\n" +
+		"paused or the member it went to was paused. The fenced variant must refuse every such write.\n")
+	for _, r := range results {
+		// Forbidden ones first: they are what a reader needs to see.
+		for _, allowed := range []bool{false, true} {
+			shown := make(map[string]int)
+			for _, v := range r.Violations {
+				if v.Allowed != allowed {
+					continue
+				}
+				if shown[v.Check]++; shown[v.Check] > perCheck {
+					continue
+				}
+				verdict := "FORBIDDEN"
+				if v.Allowed {
+					verdict = "allowed: " + v.Excuse
+				}
+				fault := string(v.Fault)
+				if fault == "" {
+					fault = "no fault"
+				}
+				fmt.Fprintf(&b, "%s: %s (%s; %s): %s\n", r.Variant, v.Check, fault, verdict, v.Detail)
+			}
+			for _, check := range Checks() {
+				if n := shown[check]; n > perCheck {
+					fmt.Fprintf(&b, "%s: %s: %d more not shown\n", r.Variant, check, n-perCheck)
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func sum(m map[Kind]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func all(m map[Kind][]time.Duration) []time.Duration {
+	var out []time.Duration
+	for _, ds := range m {
+		out = append(out, ds...)
+	}
+	return out
+}
+
+func dist(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	return fmtDur(quantile(ds, 0.5)) + " / " + fmtDur(quantile(ds, 0.99)) + " / " + fmtDur(quantile(ds, 1))
+}
+
+// quantile is the nearest-rank quantile q of ds (0: the minimum).
+func quantile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	default:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	}
+}
