@@ -6,8 +6,6 @@ BIN         := $(CURDIR)/bin
 export GOBIN := $(BIN)
 
 STATICCHECK_VERSION := v0.8.2
-GOLANGCI_VERSION    := v2.15.0
-BENCHSTAT_VERSION   := v0.0.0-20260908200009-22c9c6c9d4da
 
 GOTESTFLAGS ?= -race -shuffle=on -count=1 -timeout 20m
 
@@ -42,10 +40,7 @@ lint: $(BIN)/staticcheck
 $(BIN)/staticcheck:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-$(BIN)/benchstat:
-	$(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
-
-## chaos: the fault-injection suite's full profile, about 15 minutes: both
+## chaos: the fault-injection suite's full profile, about 12 minutes: both
 ## variants, every fault kind, a random seed (MICROLOCK_CHAOS_SEED=n replays
 ## one). The table goes to bin/chaos/report.txt, the histories beside it.
 ## Every `go test ./...` runs the short profile (fixed seed, about 2 minutes).

@@ -45,8 +45,11 @@
 // still held the lock while someone else does. No lock service can prevent
 // that: the check and the write are not one atomic step. Fencing can: when
 // the resource you protect checks the token (or, in etcd, IsOwner) on every
-// write, a stale holder's writes are refused. Use fencing for anything whose
-// correctness matters; use the loss signal to stop work early.
+// write, a stale holder's writes are refused. The same holds for a request
+// that left the client while the lock was held but was held up by a paused or
+// partitioned etcd member and applied after the hold ended: only a fenced
+// write is refused then. Use fencing for anything whose correctness matters;
+// use the loss signal to stop work early.
 //
 // Mutual exclusion relies on etcd's own guarantees: a linearizable cluster
 // whose members' clocks run at nearly the same rate (the library allows
