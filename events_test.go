@@ -35,6 +35,20 @@ func expectEvent(t *testing.T, ch <-chan microlock.Event, typ microlock.EventTyp
 	}
 }
 
+// watchKey starts a Watch on key that lasts until the end of the test, when
+// its channel is drained to prove the watcher stopped.
+func watchKey(t *testing.T, c *clientv3.Client, key string) <-chan microlock.Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := microlock.Watch(ctx, c, key)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { drain(t, cancel, ch) })
+	return ch
+}
+
 // drain receives until the channel is closed, proving the watcher stopped.
 func drain(t *testing.T, cancel context.CancelFunc, ch <-chan microlock.Event) {
 	t.Helper()
@@ -47,12 +61,7 @@ func TestWatchReportsHolders(t *testing.T) {
 	c := client(t)
 	key := testKey(t)
 	ctx := ctxTimeout(t, 30*time.Second)
-	wctx, cancel := context.WithCancel(ctx)
-	ch, err := microlock.Watch(wctx, c, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drain(t, cancel, ch)
+	ch := watchKey(t, c, key)
 	if ev := next(t, ch); ev.Type != microlock.Unlocked || ev.Key != key {
 		t.Fatalf("first event %+v, want Unlocked for %q", ev, key)
 	}
@@ -106,12 +115,7 @@ func TestWatchStartsWithCurrentHolder(t *testing.T) {
 	if err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	ch, err := microlock.Watch(wctx, c, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drain(t, cancel, ch)
+	ch := watchKey(t, c, key)
 	expectEvent(t, ch, microlock.Locked, "a", a.Token())
 }
 
@@ -125,12 +129,7 @@ func TestWatchSurvivesRestartAndCompaction(t *testing.T) {
 	c := cl.Client(t)
 	key := testKey(t)
 	ctx := ctxTimeout(t, 60*time.Second)
-	wctx, cancel := context.WithCancel(ctx)
-	ch, err := microlock.Watch(wctx, watcherClient, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer drain(t, cancel, ch)
+	ch := watchKey(t, watcherClient, key)
 	expectEvent(t, ch, microlock.Unlocked, "", 0)
 
 	// Restart.

@@ -29,12 +29,7 @@ func TestForeignHolderValues(t *testing.T) {
 			t.Parallel()
 			key := testKey(t)
 			ctx := ctxTimeout(t, 30*time.Second)
-			wctx, cancel := context.WithCancel(ctx)
-			events, err := microlock.Watch(wctx, c, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer drain(t, cancel, events)
+			events := watchKey(t, c, key)
 			expectEvent(t, events, microlock.Unlocked, "", 0)
 
 			// Written after Watch and Lock have started: both see it through

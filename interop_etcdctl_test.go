@@ -226,12 +226,7 @@ func TestInteropEtcdctl(t *testing.T) {
 				t.Parallel()
 				key := testKey(t)
 				ctx := ctxTimeout(t, 30*time.Second)
-				wctx, cancel := context.WithCancel(ctx)
-				events, err := microlock.Watch(wctx, c, key)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer drain(t, cancel, events)
+				events := watchKey(t, c, key)
 				expectEvent(t, events, microlock.Unlocked, "", 0)
 
 				a1, release1 := first.start(t, key)
