@@ -3,7 +3,6 @@ package microlock
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,8 +30,10 @@ type hold struct {
 	cancel context.CancelCauseFunc
 
 	mu         sync.Mutex
-	links      []context.CancelCauseFunc // contexts that end with the hold; nil when unlinked
+	links      []context.CancelCauseFunc // contexts that end with the hold; nil once it ended
+	linkBuf    [2]context.CancelCauseFunc
 	watchTimer *time.Timer
+	watched    bool // the lease's keyWatch was given the key; read after watchers.Wait
 
 	watchers   sync.WaitGroup // watchTimer's callback
 	finishOnce sync.Once
@@ -42,40 +43,40 @@ type hold struct {
 	final  bool       // Released or Lost was delivered
 }
 
-func newHold(m *Mutex, l *lease) *hold {
-	slot := l.takeSlot(m.pfx)
-	h := &hold{
-		m:     m,
-		lease: l,
-		slot:  slot,
-		// The slot makes the key unique among the live keys of this lease
-		// under this prefix; a name is reused only once its key is known
-		// to be gone, so the create revision tells holds apart.
-		key: m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(slot),
-	}
+// newHold starts a hold of m on l, which the caller holds a reference to.
+// It fails if l has ended.
+func newHold(m *Mutex, l *lease) (*hold, error) {
+	h := &hold{m: m, lease: l}
 	h.ctx, h.cancel = context.WithCancelCause(context.Background())
-	return h
+	h.links = h.linkBuf[:0]
+	if err := l.attach(h); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // link makes cancel run, with the hold's end cause, when the hold ends (at
-// once if it already has). The returned func undoes the link.
-func (h *hold) link(cancel context.CancelCauseFunc) (unlink func()) {
+// once if it already has). unlink with the returned index undoes it.
+func (h *hold) link(cancel context.CancelCauseFunc) int {
 	h.mu.Lock()
 	if h.ctx.Err() != nil {
 		h.mu.Unlock()
 		cancel(context.Cause(h.ctx))
-		return func() {}
+		return -1
 	}
 	i := len(h.links)
 	h.links = append(h.links, cancel)
 	h.mu.Unlock()
-	return func() {
-		h.mu.Lock()
-		if i < len(h.links) {
-			h.links[i] = nil
-		}
-		h.mu.Unlock()
+	return i
+}
+
+// unlink undoes link(cancel) = i.
+func (h *hold) unlink(i int) {
+	h.mu.Lock()
+	if i >= 0 && i < len(h.links) {
+		h.links[i] = nil
 	}
+	h.mu.Unlock()
 }
 
 // end ends the hold with cause and cancels everything linked to it. Only the
@@ -151,13 +152,15 @@ func (h *hold) watchLater() {
 	h.mu.Lock()
 	h.watchTimer = time.AfterFunc(holdWatchDelay, func() {
 		defer h.watchers.Done()
+		h.watched = true
 		h.lease.watch.add(h)
 	})
 	h.mu.Unlock()
 }
 
-// finish releases what the hold uses once it has ended: its watch goroutine
-// (waited for), its place on the lease, and its lease reference.
+// finish releases what the hold uses once it has ended: its watch (the
+// timer's callback waited for), its place on the lease, its key's slot if the
+// key is known to be gone, and its lease reference.
 func (h *hold) finish() {
 	h.finishOnce.Do(func() {
 		h.mu.Lock()
@@ -167,12 +170,10 @@ func (h *hold) finish() {
 			h.watchers.Done() // never started
 		}
 		h.watchers.Wait()
-		h.lease.watch.remove(h)
-		h.lease.detach(h)
-		if h.gone.Load() {
-			h.lease.freeSlot(h.m.pfx, h.slot)
+		if h.watched {
+			h.lease.watch.remove(h)
 		}
-		h.lease.unref()
+		h.lease.leave(h, h.gone.Load())
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -159,8 +160,8 @@ type lease struct {
 	ended     bool
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
-	orphans   map[*hold]int64             // holds whose key's release failed → its create revision (0: unknown)
-	slots     map[string]map[int]struct{} // per lock prefix, the key slots in use
+	orphans   map[*hold]int64   // holds whose key's release failed → its create revision (0: unknown)
+	slots     map[slot]struct{} // the key slots in use
 	// timer fires at the deadline. It runs apart from the renewal loop, so
 	// that nothing the loop waits for (a hook, a request) can delay the loss
 	// signal; it only cancels, and leaves the Lost events to the loop.
@@ -195,7 +196,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		deadline: lossDeadline(t0, ttl),
 		holds:    make(map[*hold]struct{}),
 		orphans:  make(map[*hold]int64),
-		slots:    make(map[string]map[int]struct{}),
+		slots:    make(map[slot]struct{}),
 		watch:    newKeyWatch(k.client),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
@@ -250,18 +251,24 @@ func (l *lease) ref() bool {
 
 func (l *lease) unref() {
 	l.mu.Lock()
-	l.refs--
-	idle := l.refs == 0
-	if idle {
-		l.idleSince = time.Now()
-	}
-	// While the idle timer runs it rechecks when it fires: a loop of
-	// WithLock calls must not wake the renewal goroutine every time.
-	wake := idle && (!l.idling || l.retired)
+	wake := l.unrefLocked()
 	l.mu.Unlock()
 	if wake {
 		l.poke()
 	}
+}
+
+// unrefLocked drops a reference, and reports whether the renewal loop must
+// be woken to start counting the lease's idle time. l.mu is held.
+func (l *lease) unrefLocked() bool {
+	l.refs--
+	if l.refs != 0 {
+		return false
+	}
+	l.idleSince = time.Now()
+	// While the idle timer runs it rechecks when it fires: a loop of
+	// WithLock calls must not wake the renewal goroutine every time.
+	return !l.idling || l.retired
 }
 
 func (l *lease) poke() {
@@ -271,16 +278,56 @@ func (l *lease) poke() {
 	}
 }
 
-// attach registers h to be told when the lease ends. It fails if the lease
-// has already ended, with the reason.
+// attach registers h to be told when the lease ends, and gives it the lowest
+// key slot of its prefix that is free on l, and so its key. It fails if the
+// lease has already ended.
+//
+// Reusing key names matters: etcd keeps a deleted key in its index until a
+// compaction, and every range read of the lock's prefix visits all of them,
+// so a fresh name per hold would make a busy lock slower hold after hold.
 func (l *lease) attach(h *hold) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
 		return errLeaseEnded
 	}
+	s := slot{pfx: h.m.pfx}
+	for {
+		if _, used := l.slots[s]; !used {
+			break
+		}
+		s.n++
+	}
+	l.slots[s] = struct{}{}
+	h.slot = s.n
+	// The slot makes the key unique among the live keys of this lease under
+	// this prefix; a name is reused only once its key is known to be gone,
+	// so the create revision tells holds apart.
+	h.key = h.m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(s.n)
 	l.holds[h] = struct{}{}
 	return nil
+}
+
+// slot is one key name of a lease under one lock prefix.
+type slot struct {
+	pfx string
+	n   int
+}
+
+// leave undoes attach once h has ended and drops the reference h held: the
+// lease takes no more notice of h, and its slot is free again if free says
+// that its key is known to be gone.
+func (l *lease) leave(h *hold, free bool) {
+	l.mu.Lock()
+	delete(l.holds, h)
+	if free {
+		delete(l.slots, slot{h.m.pfx, h.slot})
+	}
+	wake := l.unrefLocked()
+	l.mu.Unlock()
+	if wake {
+		l.poke()
+	}
 }
 
 func (l *lease) detach(h *hold) {
@@ -323,39 +370,12 @@ func (l *lease) orphan(h *hold, rev int64) {
 	l.poke()
 }
 
-// takeSlot returns the lowest key slot of prefix pfx free on l. Reusing key
-// names matters: etcd keeps a deleted key in its index until a compaction,
-// and every range read of the lock's prefix visits all of them, so a fresh
-// name per hold would make a busy lock slower hold after hold.
-func (l *lease) takeSlot(pfx string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	used := l.slots[pfx]
-	if used == nil {
-		used = make(map[int]struct{})
-		l.slots[pfx] = used
-	}
-	slot := 0
-	for {
-		if _, ok := used[slot]; !ok {
-			used[slot] = struct{}{}
-			return slot
-		}
-		slot++
-	}
-}
-
 // freeSlot returns a slot whose key is known to be gone from etcd. A slot
 // whose key's fate is unknown is never reused on this lease.
-func (l *lease) freeSlot(pfx string, slot int) {
+func (l *lease) freeSlot(pfx string, n int) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if used := l.slots[pfx]; used != nil {
-		delete(used, slot)
-		if len(used) == 0 {
-			delete(l.slots, pfx)
-		}
-	}
+	delete(l.slots, slot{pfx, n})
+	l.mu.Unlock()
 }
 
 // extend moves the deadline after a renewal sent at t0 was acknowledged with

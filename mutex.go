@@ -28,9 +28,11 @@ type Mutex struct {
 
 	op chan struct{} // one Lock, TryLock, Unlock or Close at a time
 
+	lease *lease // the lease of the last attempt, tried first by the next; used under op
+
 	mu       sync.Mutex
-	h        *hold              // the current hold, or the last one
-	opCancel context.CancelFunc // aborts the running operation on Close
+	h        *hold                   // the current hold, or the last one
+	opCancel context.CancelCauseFunc // aborts the running operation on Close
 	closed   bool
 }
 
@@ -94,11 +96,10 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	done, err := m.begin(ctx)
-	if err != nil {
+	if err := m.begin(ctx); err != nil {
 		return err
 	}
-	defer done()
+	defer m.end()
 	h := m.current()
 	if h == nil {
 		return m.notOwner()
@@ -151,7 +152,7 @@ func (m *Mutex) close(freeLease bool) error {
 	}
 	m.closed = true
 	if m.opCancel != nil {
-		m.opCancel()
+		m.opCancel(ErrClosed)
 	}
 	m.mu.Unlock()
 
@@ -159,7 +160,7 @@ func (m *Mutex) close(freeLease bool) error {
 	defer func() { <-m.op }()
 	var err error
 	if h := m.current(); h != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), ReleaseTimeout)
+		ctx, cancel := withTimer(context.Background(), ReleaseTimeout)
 		err = m.release(ctx, h)
 		cancel()
 	}
@@ -251,33 +252,35 @@ func (m *Mutex) notOwner() error {
 	return ErrNotOwner
 }
 
-// begin waits for the Mutex's other operations to finish. The returned func
-// ends the operation.
-func (m *Mutex) begin(ctx context.Context) (done func(), err error) {
+// begin waits for the Mutex's other operations to finish. end ends the
+// operation.
+func (m *Mutex) begin(ctx context.Context) error {
 	select {
 	case m.op <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("microlock: %s: %w", quoteKey(m.key), ctx.Err())
+		return fmt.Errorf("microlock: %s: %w", quoteKey(m.key), ctx.Err())
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		<-m.op
-		return nil, ErrClosed
+		return ErrClosed
 	}
-	return func() {
-		m.mu.Lock()
-		m.opCancel = nil
-		m.mu.Unlock()
-		<-m.op
-	}, nil
+	return nil
 }
 
-// onClose registers cancel for Close to call, to abort the running
-// operation. It reports false if the Mutex is closed already: Close sets
-// closed and reads opCancel under mu, so either it sees cancel or this sees
-// closed.
-func (m *Mutex) onClose(cancel func()) bool {
+func (m *Mutex) end() {
+	m.mu.Lock()
+	m.opCancel = nil
+	m.mu.Unlock()
+	<-m.op
+}
+
+// onClose registers cancel for Close to call, with ErrClosed, to abort the
+// running operation. It reports false if the Mutex is closed already: Close
+// sets closed and reads opCancel under mu, so either it sees cancel or this
+// sees closed.
+func (m *Mutex) onClose(cancel context.CancelCauseFunc) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -295,6 +298,7 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
 		Then(clientv3.OpDelete(h.key)).
 		Commit()
+	err = timedOut(ctx, err)
 	switch {
 	case err != nil:
 		// The hold ends here either way; the renewal loop keeps trying to
@@ -330,11 +334,10 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	done, err := m.begin(ctx)
-	if err != nil {
+	if err := m.begin(ctx); err != nil {
 		return err
 	}
-	defer done()
+	defer m.end()
 	if h := m.current(); h != nil {
 		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load()}
 	}
@@ -392,7 +395,7 @@ func (r *retrier) reset() { r.bo = nil }
 func (m *Mutex) lock(ctx context.Context) error {
 	r := &retrier{m: m}
 	for {
-		h, actx, stop, err := m.newAttempt(ctx)
+		a, err := m.newAttempt(ctx)
 		if err != nil {
 			if r.retry(ctx, err) {
 				continue
@@ -400,8 +403,8 @@ func (m *Mutex) lock(ctx context.Context) error {
 			return m.wrapErr(ctx, "locking", err)
 		}
 		r.reset()
-		err = m.queue(actx, h, r)
-		stop()
+		err = m.queue(a.ctx, a.h, r)
+		a.stop()
 		if !errors.Is(err, errStaleLease) {
 			return err
 		}
@@ -453,29 +456,48 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 	}
 }
 
-// newAttempt returns a hold on a live lease, and a context that ends when
-// ctx ends or the hold does (its lease lost), with the reason as its cause.
-func (m *Mutex) newAttempt(ctx context.Context) (*hold, context.Context, func(), error) {
+// attempt is one try at taking the lock: a hold on a live lease, and a
+// context that ends when the caller's ends, when the hold does (its lease
+// lost), or when the Mutex is closed, with the reason as its cause.
+type attempt struct {
+	h      *hold
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	link   int // of cancel to h
+}
+
+// stop ends the attempt's context; the hold goes on if it was taken.
+func (a *attempt) stop() {
+	a.h.unlink(a.link)
+	a.cancel(nil)
+}
+
+// newAttempt starts an attempt on the lease of the last one if it is still
+// good for a new hold, or else on the client's shared lease.
+func (m *Mutex) newAttempt(ctx context.Context) (attempt, error) {
 	for {
-		l, err := leases.acquire(ctx, m.client, m.opts.ttlSeconds())
-		if err != nil {
-			return nil, nil, nil, err
+		l := m.lease
+		if l == nil || !l.ref() {
+			var err error
+			if l, err = leases.acquire(ctx, m.client, m.opts.ttlSeconds()); err != nil {
+				return attempt{}, err
+			}
+			m.lease = l
 		}
-		h := newHold(m, l)
-		if err := l.attach(h); err != nil {
-			h.gone.Store(true)
-			h.finish() // the lease ended in between: take another
+		h, err := newHold(m, l)
+		if err != nil {
+			l.unref() // the lease ended in between: take another
 			continue
 		}
-		actx, acancel := context.WithCancelCause(ctx)
-		unlink := h.link(acancel)
-		stop := func() { unlink(); acancel(nil) }
-		if !m.onClose(func() { acancel(ErrClosed) }) {
-			stop()
+		a := attempt{h: h}
+		a.ctx, a.cancel = context.WithCancelCause(ctx)
+		a.link = h.link(a.cancel)
+		if !m.onClose(a.cancel) {
+			a.stop()
 			m.abandon(h, keyAbsent)
-			return nil, nil, nil, ErrClosed
+			return attempt{}, ErrClosed
 		}
-		return h, actx, stop, nil
+		return a, nil
 	}
 }
 
@@ -495,11 +517,12 @@ func (m *Mutex) tryOnce(ctx context.Context) error {
 }
 
 func (m *Mutex) tryLease(ctx context.Context) error {
-	h, actx, stop, err := m.newAttempt(ctx)
+	a, err := m.newAttempt(ctx)
 	if err != nil {
 		return m.wrapErr(ctx, "locking", err)
 	}
-	defer stop()
+	defer a.stop()
+	h, actx := a.h, a.ctx
 	resp, err := m.client.Txn(actx).
 		If(clientv3.Compare(clientv3.CreateRevision(m.pfx), "=", 0).WithPrefix()).
 		Then(clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id))).

@@ -29,21 +29,25 @@ type place struct {
 // (an earlier attempt's write that landed unseen). In the same Txn, before
 // the put, it reads the last key of the queue: the predecessor. It reports
 // whether h is first.
+//
+// A first attempt could do without the Else (its key's name was free), but
+// the Else keeps this request as large as TryLock's: a key short enough to
+// lock is short enough for another node to be told who holds it.
 func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err error) {
 	// A timed-out attempt is retried with the same key, which the Else
 	// branch finds if the write landed.
-	ctx, cancel := context.WithTimeout(ctx, attemptTimeout(h.lease.ttl))
+	ctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
 	defer cancel()
 	resp, err := m.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)).
 		Then(
-			clientv3.OpGet(m.pfx, clientv3.WithLastCreate()...),
+			clientv3.OpGet(m.pfx, lastCreate...),
 			clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)),
 		).
 		Else(clientv3.OpGet(h.key)).
 		Commit()
 	if err != nil {
-		return place{}, false, err
+		return place{}, false, timedOut(ctx, err)
 	}
 	p.readAt = resp.Header.Revision
 	kvs := resp.Responses[0].GetResponseRange().Kvs
@@ -67,8 +71,9 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 		if p.pred == "" {
 			// Our key and the one just ahead of it, in one read.
 			opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(2))
-			gctx, cancel := context.WithTimeout(ctx, attemptTimeout(h.lease.ttl))
+			gctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
 			resp, err := m.client.Get(gctx, m.pfx, opts...)
+			err = timedOut(gctx, err)
 			cancel()
 			if err != nil {
 				return err
@@ -159,6 +164,11 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 func exists(kvs []*mvccpb.KeyValue, rev int64) bool {
 	return len(kvs) == 1 && kvs[0].CreateRevision == rev
 }
+
+// lastCreate reads the last key of a prefix by create revision. It is made
+// once: its options hold no state, and a lock cycle need not build them anew.
+// Never append to it.
+var lastCreate = clientv3.WithLastCreate()
 
 // errWatchClosed is transient: the watch is opened again.
 var errWatchClosed = status.Error(codes.Unavailable, "microlock: watch closed")

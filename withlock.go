@@ -59,13 +59,13 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 
 	h := m.last() // live, or lost already: then link cancels at once
 	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
-	h.link(cancel)
+	h.link(cancel) // ends with fn: no need to unlink
 	defer func() {
 		// Runs when fn returns and when it panics; a panic carries on up
 		// after this with its own value.
 		lost := h.lostCause()
 		cancel(context.Canceled)
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), ReleaseTimeout)
+		rctx, rcancel := withTimer(context.WithoutCancel(ctx), ReleaseTimeout)
 		uerr := m.Unlock(rctx)
 		rcancel()
 		_ = m.close(false)

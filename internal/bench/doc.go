@@ -34,8 +34,8 @@
 //     returned) p50 and p99, and fairness (most / fewest acquisitions of any
 //     contender).
 //   - Keys: K goroutines on one shared client, each cycling a key of its own;
-//     the two libraries take turns. Cycles per second, and client and etcd
-//     CPU per cycle.
+//     the two libraries, and microlock's two requests sent by hand, take
+//     turns. Cycles per second, and client and etcd CPU per cycle.
 //   - Held: a separate process (this test binary, run again) holds N locks on
 //     one client for 30 s (10 s with -short), TTL 5 s: keepalive messages per
 //     second, client CPU, memory and goroutines per held lock, and locks

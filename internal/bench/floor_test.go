@@ -51,16 +51,30 @@ func BenchmarkFloor(b *testing.B) {
 }
 
 // floorSetup returns a client, a key for the benchmark and a lease that is
-// revoked when the benchmark function returns.
+// kept alive until the benchmark function returns, and then revoked. (Its
+// renewals, one every few seconds, are not in any figure.)
 func floorSetup(b *testing.B) (*clientv3.Client, string, clientv3.LeaseID) {
 	b.Helper()
 	cli := benchClient(b)
-	ctx := benchCtx(b)
-	resp, err := cli.Grant(ctx, int64(benchTTL.Seconds()))
+	resp, err := cli.Grant(benchCtx(b), int64(benchTTL.Seconds()))
 	if err != nil {
 		b.Fatal(err)
 	}
+	kctx, kcancel := context.WithCancel(context.Background())
+	acks, err := cli.KeepAlive(kctx, resp.ID)
+	if err != nil {
+		kcancel()
+		b.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for range acks { // closed when kctx ends
+		}
+	}()
 	b.Cleanup(func() {
+		kcancel()
+		<-drained
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
 		_, _ = cli.Revoke(ctx, resp.ID)

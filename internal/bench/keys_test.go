@@ -19,11 +19,13 @@ const keyRounds = 6
 // BenchmarkKeys has K goroutines on one shared client, each cycling a key of
 // its own (lock, unlock), so nothing is contended: it measures how well a
 // library shares one client. etcd's side shares one Session, as microlock's
-// Mutexes share the client's lease. The two libraries take turns, keyRounds
-// each, so that both see the same moments of a noisy machine; each reports
-// its median cycles per second over its turns, and the CPU time per cycle of
-// this process (the client side) and of the etcd server. One op is one cycle of
-// each library.
+// Mutexes share the client's lease. A third side, "requests", sends
+// microlock's two requests by hand on a client of its own (requestsLocker):
+// the most microlock could do with no library code at all. The sides take
+// turns, keyRounds each, so that all see the same moments of a noisy
+// machine; each reports its median cycles per second over its turns, and the
+// CPU time per cycle of this process (the client side) and of the etcd
+// server. One op is one cycle of each side.
 func BenchmarkKeys(b *testing.B) {
 	for _, k := range []int{16, 256} {
 		b.Run(fmt.Sprintf("K=%d", k), func(b *testing.B) {
@@ -37,6 +39,11 @@ func BenchmarkKeys(b *testing.B) {
 			for i := range et {
 				et[i] = concurrency.NewMutex(s, freshKey(b, "etcd", strconv.Itoa(i)))
 			}
+			rcli, _, lease := floorSetup(b)
+			rq := make([]locker, k)
+			for i := range rq {
+				rq[i] = newRequestsLocker(rcli, freshKey(b, "requests", strconv.Itoa(i)), lease)
+			}
 			libs := []struct {
 				name string
 				ls   []locker
@@ -44,7 +51,7 @@ func BenchmarkKeys(b *testing.B) {
 				cpu  time.Duration // this process's
 				etcd time.Duration // etcd's
 				n    int
-			}{{name: "microlock", ls: ml}, {name: "etcd", ls: et}}
+			}{{name: "microlock", ls: ml}, {name: "etcd", ls: et}, {name: "requests", ls: rq}}
 			per := max(b.N/keyRounds, k)
 			pid := etcdOf(b).Members[0].PID()
 			b.ResetTimer()

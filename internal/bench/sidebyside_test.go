@@ -34,10 +34,10 @@ func BenchmarkSideBySide(b *testing.B) {
 		em := concurrency.NewMutex(newSession(b, benchClient(b)), freshKey(b, "Session"))
 		nsCli, nsKey := benchClient(b), freshKey(b, "NewSession")
 		rawCli, _, rawLease := floorSetup(b)
-		rawLock := freshKey(b, "requests")
+		raw := newRequestsLocker(rawCli, freshKey(b, "requests"), rawLease)
 		runInTurn(b, []step{
 			{"floor", func(ctx context.Context) error { return putIfAbsentDelete(ctx, cli, floorKey, lease) }},
-			{"requests", func(ctx context.Context) error { return microlockRequests(ctx, rawCli, rawLock, rawLease) }},
+			{"requests", func(ctx context.Context) error { return lockUnlock(ctx, raw) }},
 			{"WithLock", func(ctx context.Context) error { return microlock.WithLock(ctx, wlCli, wlKey, noop, opt) }},
 			{"Mutex", func(ctx context.Context) error { return lockUnlock(ctx, mu) }},
 			{"etcd-Session", func(ctx context.Context) error { return lockUnlock(ctx, em) }},
@@ -136,32 +136,48 @@ func putIfAbsentDelete(ctx context.Context, cli *clientv3.Client, key string, le
 	return err
 }
 
-// microlockRequests sends, by hand, the requests of microlock's uncontended
+// requestsLocker sends, by hand, the requests of microlock's uncontended
 // cycle: its enqueue Txn (put our key unless it is there, reading the last
 // key of the queue) and its release (delete our key if it is still the
 // hold's). It tells the cost of those requests from the library's own. The
-// key's name has microlock's shape but is the same every cycle, so the cost
-// of piled-up deleted keys (BenchmarkGrowth) is not in it.
-func microlockRequests(ctx context.Context, cli *clientv3.Client, lock string, lease clientv3.LeaseID) error {
+// key has the shape of microlock's and, as microlock's does when nothing
+// else holds the lease's slot, the same name every cycle.
+type requestsLocker struct {
+	cli   *clientv3.Client
+	pfx   string
+	key   string
+	lease clientv3.LeaseID
+	rev   int64 // of the key while held
+}
+
+func newRequestsLocker(cli *clientv3.Client, lock string, lease clientv3.LeaseID) *requestsLocker {
 	pfx := lock + "/"
-	key := pfx + strconv.FormatInt(int64(lease), 16) + "_" + "0123456789abcdef"
-	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpGet(pfx, clientv3.WithLastCreate()...), clientv3.OpPut(key, "bench", clientv3.WithLease(lease))).
-		Else(clientv3.OpGet(key)).
+	return &requestsLocker{cli: cli, pfx: pfx, key: pfx + strconv.FormatInt(int64(lease), 16) + "_0", lease: lease}
+}
+
+func (r *requestsLocker) Lock(ctx context.Context) error {
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)).
+		Then(clientv3.OpGet(r.pfx, clientv3.WithLastCreate()...), clientv3.OpPut(r.key, "bench", clientv3.WithLease(r.lease))).
+		Else(clientv3.OpGet(r.key)).
 		Commit()
 	if err != nil {
 		return err
 	}
-	if !resp.Succeeded {
-		return errors.New(key + " was not absent")
+	if !resp.Succeeded || len(resp.Responses[0].GetResponseRange().Kvs) != 0 {
+		return errors.New(r.key + " was not first in an empty queue")
 	}
-	resp, err = cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", resp.Header.Revision)).
-		Then(clientv3.OpDelete(key)).
+	r.rev = resp.Header.Revision
+	return nil
+}
+
+func (r *requestsLocker) Unlock(ctx context.Context) error {
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key), "=", r.rev)).
+		Then(clientv3.OpDelete(r.key)).
 		Commit()
 	if err == nil && !resp.Succeeded {
-		err = errors.New(key + " was not ours to delete")
+		err = errors.New(r.key + " was not ours to delete")
 	}
 	return err
 }

@@ -198,6 +198,8 @@ func (t *table) build() {
 		km, ke := t.val(keys(k), "microlock-cycles/s"), t.val(keys(k), "etcd-cycles/s")
 		g := atLeast(1.0, " etcd")
 		t.add(row{fmt.Sprintf("Independent keys K=%d on one client, in turn: cycles/s", k), num(km), num(ke), "", ratio(km / ke), g.text, g.judge(km / ke)})
+		kr := t.val(keys(k), "requests-cycles/s")
+		t.add(row{measure: "… microlock's two requests sent by hand, no library code: cycles/s ÷ etcd's", microlock: num(kr), etcd: num(ke), ratio: ratio(kr / ke)})
 		cm, ce := t.val(keys(k), "microlock-cpu-us/cycle"), t.val(keys(k), "etcd-cpu-us/cycle")
 		t.add(row{measure: "… client CPU per cycle (µs)", microlock: num(cm), etcd: num(ce), ratio: ratio(cm / ce)})
 		sm, se := t.val(keys(k), "microlock-etcd-cpu-us/cycle"), t.val(keys(k), "etcd-etcd-cpu-us/cycle")
