@@ -41,6 +41,14 @@ type hold struct {
 
 	emitMu sync.Mutex // held while a hook runs for this hold
 	final  bool       // Released or Lost was delivered
+
+	// Events raised on goroutines that other holds depend on (the lease's
+	// renewal loop, its deadline timer, its key watch) wait here for a
+	// goroutine of this hold's own, so that a slow hook delays only its own
+	// Mutex's events. Guarded by queueMu.
+	queueMu  sync.Mutex
+	queue    []Event
+	draining bool
 }
 
 // newHold starts a hold of m on l, which the caller holds a reference to.
@@ -116,10 +124,52 @@ func (h *hold) lostCause() error {
 	return nil
 }
 
-// emitLost reports the loss of a held lock.
+// emitLost reports the loss of a held lock, on the calling goroutine: for
+// callers that act for this hold's own Mutex (Unlock, say).
 func (h *hold) emitLost() {
 	if cause := h.lostCause(); cause != nil && h.rev.Load() != 0 {
 		h.emit(Event{Type: Lost, Err: cause})
+	}
+}
+
+// emitLostAsync is emitLost for goroutines that other holds depend on.
+func (h *hold) emitLostAsync() {
+	if cause := h.lostCause(); cause != nil && h.rev.Load() != 0 {
+		h.emitAsync(Event{Type: Lost, Err: cause})
+	}
+}
+
+// emitAsync delivers ev to the hook on a goroutine of this hold's own, in
+// order after the events queued before it, and returns at once. The
+// goroutine ends when the queue is empty; the Mutex's Close waits for it.
+func (h *hold) emitAsync(ev Event) {
+	if h.m.opts.hook == nil {
+		return
+	}
+	h.queueMu.Lock()
+	defer h.queueMu.Unlock()
+	h.queue = append(h.queue, ev)
+	if h.draining || !h.m.hooks.add() {
+		return // the running goroutine takes it; or the Mutex is closed
+	}
+	h.draining = true
+	go h.drain()
+}
+
+func (h *hold) drain() {
+	defer h.m.hooks.done()
+	for {
+		h.queueMu.Lock()
+		if len(h.queue) == 0 {
+			h.draining = false
+			h.queue = nil
+			h.queueMu.Unlock()
+			return
+		}
+		ev := h.queue[0]
+		h.queue = h.queue[1:]
+		h.queueMu.Unlock()
+		h.emit(ev)
 	}
 }
 
@@ -183,6 +233,6 @@ func (h *hold) lostKey() {
 	}
 	if h.lose("its key was deleted (lease revoked or key removed)", nil) {
 		h.lease.detach(h)
-		h.emitLost()
+		h.emitLostAsync()
 	}
 }

@@ -8,7 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/singleflight"
 )
 
 // The conservative local deadline. etcd cannot expire a lease before
@@ -59,23 +61,18 @@ type leaseKey struct {
 // must outlive the calls that use them. A lease leaves the table when it is
 // lost, when its client is closed, or after leaseLinger unused.
 type leaseTable struct {
-	mu       sync.Mutex
-	leases   map[leaseKey]*lease
-	granting map[leaseKey]*grantCall
+	mu     sync.Mutex
+	leases map[leaseKey]*lease
+	// grants runs one grant per key at a time, shared by every caller that
+	// asks meanwhile, apart from any one caller's context: a caller whose
+	// context ends stops waiting, and the others keep waiting for the grant.
+	grants singleflight.Group
 }
 
-type grantCall struct {
-	done chan struct{}
-	err  error
-}
-
-var leases = leaseTable{
-	leases:   make(map[leaseKey]*lease),
-	granting: make(map[leaseKey]*grantCall),
-}
+var leases = leaseTable{leases: make(map[leaseKey]*lease)}
 
 // acquire returns a live lease for (client, ttl) with a reference taken for
-// the caller, granting one if needed. Concurrent callers share one grant.
+// the caller, granting one if needed.
 func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl int64) (*lease, error) {
 	k := leaseKey{client, ttl}
 	for {
@@ -87,50 +84,53 @@ func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl i
 			}
 			delete(t.leases, k) // ending; its goroutine is on its way out
 		}
-		if g := t.granting[k]; g != nil {
-			t.mu.Unlock()
-			select {
-			case <-g.done:
-				if g.err != nil && ctx.Err() == nil && !errors.Is(g.err, context.Canceled) {
-					return nil, g.err
-				}
-				continue // granted, or the granter gave up: look again
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
-		g := &grantCall{done: make(chan struct{})}
-		t.granting[k] = g
 		t.mu.Unlock()
-
-		l, err := grant(ctx, k)
-		t.mu.Lock()
-		delete(t.granting, k)
-		if err == nil {
-			l.refs = 1 // before it is visible: no one can idle it out
-			t.leases[k] = l
-		}
-		g.err = err
-		close(g.done)
-		t.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		l.start()
-		if time.Until(l.currentDeadline()) < l.ttl/3 {
-			// The grant came back slowly (etcd regaining quorum, say):
-			// renew before the first hold relies on it.
-			rctx, cancel := context.WithDeadline(ctx, l.currentDeadline())
-			err := l.keepAliveOnce(rctx)
-			cancel()
-			if err != nil {
-				l.retire()
-				l.unref()
-				return nil, err
+		ch := t.grants.DoChan(fmt.Sprintf("%p/%d", client, ttl), func() (any, error) {
+			return nil, t.grant(k)
+		})
+		select {
+		case r := <-ch:
+			if r.Err != nil {
+				return nil, r.Err
 			}
+			// Granted and in the table, unused: take it. Should another
+			// caller have used it up meanwhile (it can only end early),
+			// the loop grants again.
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		return l, nil
 	}
+}
+
+// grant grants a lease for k, starts its renewal loop and puts it in the
+// table, unused: it lingers for leaseLinger unless a caller takes it. It
+// runs with a context of its own, bounded by grantTimeout, on the goroutine
+// of the singleflight group.
+func (t *leaseTable) grant(k leaseKey) error {
+	l, err := grant(context.Background(), k)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.idleSince = time.Now()
+	l.mu.Unlock()
+	l.start()
+	if time.Until(l.currentDeadline()) < l.ttl/3 {
+		// The grant came back slowly (etcd regaining quorum, say):
+		// renew before the first hold relies on it.
+		rctx, cancel := context.WithDeadline(context.Background(), l.currentDeadline())
+		err := l.keepAliveOnce(rctx)
+		cancel()
+		if err != nil {
+			l.retire() // unused: revoked at once
+			return err
+		}
+	}
+	t.mu.Lock()
+	t.leases[k] = l
+	t.mu.Unlock()
+	l.poke() // unused: start counting its idle time
+	return nil
 }
 
 // remove drops l from the table if it is still there.
@@ -161,6 +161,12 @@ type lease struct {
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
 	orphans   map[*hold]int64   // holds whose key's release failed → its create revision (0: unknown)
+	// suspects are abandoned attempts whose write's outcome is unknown: the
+	// write may still land after the attempt gave up, even after its own
+	// delete, and leave a key that nobody owns at the head of a queue. Their
+	// keys are deleted after every renewal for as long as the lease lives;
+	// their slots are never reused, so whatever is at such a key is theirs.
+	suspects map[*hold]struct{}
 	slots     map[slot]struct{} // the key slots in use
 	// timer fires at the deadline. It runs apart from the renewal loop, so
 	// that nothing the loop waits for (a hook, a request) can delay the loss
@@ -196,6 +202,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		deadline: lossDeadline(t0, ttl),
 		holds:    make(map[*hold]struct{}),
 		orphans:  make(map[*hold]int64),
+		suspects: make(map[*hold]struct{}),
 		slots:    make(map[slot]struct{}),
 		watch:    newKeyWatch(k.client),
 		wake:     make(chan struct{}, 1),
@@ -390,11 +397,15 @@ func (l *lease) extend(t0 time.Time, ttl time.Duration) {
 	l.mu.Unlock()
 }
 
-// keepAliveOnce renews the lease once. The returned error wraps
-// ErrLeaseNotFound-like answers as errLeaseGone.
+// keepAliveOnce renews the lease once. Both ways etcd says that it no longer
+// knows the lease, an ErrLeaseNotFound error (what the etcd client returns)
+// and a TTL of zero or less, come back as errLeaseGone.
 func (l *lease) keepAliveOnce(ctx context.Context) error {
 	t0 := time.Now()
 	resp, err := l.client.KeepAliveOnce(ctx, l.id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return errLeaseGone
+	}
 	if err != nil {
 		return err
 	}
@@ -557,14 +568,20 @@ func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
 }
 
 // retireIfUnused retires l if nothing uses it, and then waits for its
-// goroutine to revoke it and stop. It reports whether it did.
+// goroutine to revoke it and stop. It reports whether it did. A lease that
+// has ended already is only waited for.
 func (l *lease) retireIfUnused() bool {
 	l.mu.Lock()
-	unused := l.refs == 0 && !l.ended
+	ended := l.ended
+	unused := l.refs == 0 && !ended
 	if unused {
 		l.retired = true
 	}
 	l.mu.Unlock()
+	if ended {
+		<-l.done
+		return false
+	}
 	if !unused {
 		return false
 	}
@@ -580,29 +597,50 @@ func (l *lease) currentDeadline() time.Time {
 	return l.deadline
 }
 
+// orphanList returns the keys to delete after a renewal: orphans with
+// their create revision (0: unknown), and suspects with -1.
 func (l *lease) orphanList() map[*hold]int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.orphans) == 0 {
+	if len(l.orphans) == 0 && len(l.suspects) == 0 {
 		return nil
 	}
-	out := make(map[*hold]int64, len(l.orphans))
+	out := make(map[*hold]int64, len(l.orphans)+len(l.suspects))
 	for h, rev := range l.orphans {
 		out[h] = rev
+	}
+	for h := range l.suspects {
+		out[h] = -1
 	}
 	return out
 }
 
+// suspect has the renewal loop delete h's key after every renewal from now
+// on: h's write may land late. The lease takes no new holds (the caller
+// retires it), so this lasts only as long as its current holds.
+func (l *lease) suspect(h *hold) {
+	l.mu.Lock()
+	if !l.ended {
+		l.suspects[h] = struct{}{}
+	}
+	l.mu.Unlock()
+}
+
 // deleteOrphans deletes keys whose release failed, each guarded by its
-// create revision when known, so that nothing else is ever deleted.
+// create revision when known, so that nothing else is ever deleted, and the
+// keys of suspects, which stay suspects.
 func (l *lease) deleteOrphans(ctx context.Context, orphans map[*hold]int64) {
 	for h, rev := range orphans {
 		var err error
-		if rev == 0 {
+		switch {
+		case rev < 0:
+			_, _ = l.client.Delete(ctx, h.key)
+			continue
+		case rev == 0:
 			// The key's fate is unknown and its slot is never reused
 			// meanwhile: whatever is there is ours.
 			_, err = l.client.Delete(ctx, h.key)
-		} else {
+		default:
 			_, err = l.client.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
 				Then(clientv3.OpDelete(h.key)).
@@ -641,14 +679,18 @@ func (l *lease) end(reason string, err error) []*hold {
 	return holds
 }
 
-// emitLost delivers the Lost events of holds that end returned.
+// emitLost delivers the Lost events of holds that end returned, each on a
+// goroutine of its own hold: the callers are goroutines that other holds
+// depend on.
 func emitLost(holds []*hold) {
 	for _, h := range holds {
-		h.emitLost()
+		h.emitLostAsync()
 	}
 }
 
-// notify delivers a lease-wide event to the hooks of every hold on it.
+// notify delivers a lease-wide event to the hooks of every hold on it, each
+// on a goroutine of its own hold, so that a slow hook cannot hold up the
+// renewal loop that every hold on the lease depends on.
 func (l *lease) notify(ev Event) {
 	l.mu.Lock()
 	holds := make([]*hold, 0, len(l.holds))
@@ -659,6 +701,6 @@ func (l *lease) notify(ev Event) {
 	}
 	l.mu.Unlock()
 	for _, h := range holds {
-		h.emit(ev)
+		h.emitAsync(ev)
 	}
 }

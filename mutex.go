@@ -28,6 +28,8 @@ type Mutex struct {
 
 	op chan struct{} // one Lock, TryLock, Unlock or Close at a time
 
+	hooks hookRunners // goroutines delivering events to the hook; Close waits
+
 	lease *lease // the lease of the last attempt, tried first by the next; used under op
 
 	mu       sync.Mutex
@@ -109,15 +111,23 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 
 // Renew refreshes the lease of the current hold now. Renewal is automatic
 // while the lock is held; Renew is for callers that want to be sure before a
-// long step. It returns an error wrapping ErrNotOwner when the lock is not
-// held, and one wrapping ErrLockLost if etcd says the lease is gone.
+// long step. It returns ErrClosed after Close, an error wrapping ErrNotOwner
+// when the lock is not held, and, if etcd answers that the lease is gone, an
+// error wrapping ErrLockLost: the hold (and every other hold on the same
+// lease) has then ended, Done is closed and Lost is reported.
 func (m *Mutex) Renew(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
+	if m.isClosed() {
+		return ErrClosed
+	}
 	h := m.current()
 	if h == nil {
 		return m.notOwner()
+	}
+	if err := ctx.Err(); err != nil {
+		return m.wrapErr(ctx, "renewing", err)
 	}
 	err := h.lease.keepAliveOnce(ctx)
 	switch {
@@ -126,9 +136,12 @@ func (m *Mutex) Renew(ctx context.Context) error {
 		return nil
 	case errors.Is(err, errLeaseGone):
 		h.lease.gone() // every hold on the lease is lost, this one too
-		return h.lostCause()
+		if cause := h.lostCause(); cause != nil {
+			return cause
+		}
+		return m.notOwner() // released meanwhile
 	default:
-		return fmt.Errorf("microlock: renewing %s: %w", quoteKey(m.key), err)
+		return m.wrapErr(ctx, "renewing", err)
 	}
 }
 
@@ -170,7 +183,20 @@ func (m *Mutex) close(freeLease bool) error {
 			last.lease.retireIfUnused()
 		}
 	}
+	if l := m.lease; freeLease && l != nil {
+		// The lease of the last attempt, which a failed TryLock or Lock
+		// leaves unused: revoked now, not kept for a next call that a
+		// closed Mutex will never make.
+		l.retireIfUnused()
+	}
+	m.hooks.close()
 	return err
+}
+
+func (m *Mutex) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
 }
 
 // Done returns a channel that is closed when the current hold ends, released
@@ -344,11 +370,38 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if last := m.last(); last != nil {
 		last.finish() // a lost hold's goroutine and lease reference
 	}
-
-	if !wait {
-		return m.tryOnce(ctx)
+	if err := ctx.Err(); err != nil {
+		// No request on a context that is done: the etcd client would
+		// only log its own cancellation.
+		return m.wrapErr(ctx, "locking", err)
 	}
-	return m.lock(ctx)
+	// Close cancels this context, with ErrClosed as its cause, wherever the
+	// operation is: granting a lease, queued, or between retries.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !m.onClose(cancel) {
+		return ErrClosed
+	}
+	switch {
+	case !wait:
+		return m.tryOnce(ctx)
+	case m.opts.noWait:
+		return m.tryRetrying(ctx)
+	default:
+		return m.lock(ctx)
+	}
+}
+
+// tryRetrying is Lock with NoWait: TryLock, with transient errors retried
+// by the backoff policy.
+func (m *Mutex) tryRetrying(ctx context.Context) error {
+	r := &retrier{m: m}
+	for {
+		err := m.tryOnce(ctx)
+		if err == nil || errors.Is(err, ErrLocked) || !r.retry(ctx, err) {
+			return err
+		}
+	}
 }
 
 // retrier retries transient errors with the Mutex's backoff policy. A fresh
@@ -492,11 +545,6 @@ func (m *Mutex) newAttempt(ctx context.Context) (attempt, error) {
 		a := attempt{h: h}
 		a.ctx, a.cancel = context.WithCancelCause(ctx)
 		a.link = h.link(a.cancel)
-		if !m.onClose(a.cancel) {
-			a.stop()
-			m.abandon(h, keyAbsent)
-			return attempt{}, ErrClosed
-		}
 		return a, nil
 	}
 }
@@ -602,9 +650,14 @@ func (m *Mutex) abandon(h *hold, state keyState) {
 		ctx, cancel := context.WithTimeout(context.Background(), abandonTimeout)
 		_, err := m.client.Delete(ctx, h.key)
 		cancel()
-		if err != nil {
+		switch {
+		case state == keyMaybe:
+			// The write may still land, after this delete: the key is
+			// deleted again after every renewal, and its slot never freed.
+			h.lease.suspect(h)
+		case err != nil:
 			h.lease.orphan(h, 0)
-		} else {
+		default:
 			h.gone.Store(true)
 		}
 		if err != nil || state == keyMaybe {
@@ -615,15 +668,19 @@ func (m *Mutex) abandon(h *hold, state keyState) {
 }
 
 // wrapErr describes an error of an etcd operation. When ctx ended, the
-// error matches ctx's error (and its cause, if the hold was lost).
+// error matches ctx's error and its cause: a lost place in the queue
+// (ErrLockLost) or Close (ErrClosed) alone, so that neither reads as the
+// caller's own cancellation; a cause the caller set with
+// context.WithCancelCause together with ctx.Err().
 func (m *Mutex) wrapErr(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		if cause := context.Cause(ctx); cause != nil && cause != ctx.Err() {
-			return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), cause)
-		}
-		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), ctx.Err())
+	if ctx.Err() == nil {
+		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), err)
 	}
-	return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), err)
+	cause := context.Cause(ctx)
+	if errors.Is(cause, ErrLockLost) || errors.Is(cause, ErrClosed) || errors.Is(cause, ctx.Err()) {
+		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), cause)
+	}
+	return fmt.Errorf("microlock: %s %s: %w: %w", what, quoteKey(m.key), ctx.Err(), cause)
 }
 
 // quoteKey quotes a key or a value for a message, shortened if long.

@@ -41,18 +41,7 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 	if err != nil {
 		return err
 	}
-	if m.opts.noWait {
-		r := &retrier{m: m}
-		for {
-			err = m.TryLock(ctx)
-			if err == nil || errors.Is(err, ErrLocked) || !r.retry(ctx, err) {
-				break
-			}
-		}
-	} else {
-		err = m.Lock(ctx)
-	}
-	if err != nil {
+	if err = m.Lock(ctx); err != nil { // with NoWait, at most one try per retry
 		_ = m.close(false)
 		return err
 	}
