@@ -3,11 +3,14 @@ package microlock_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
@@ -333,4 +336,91 @@ func TestSlowLostHook(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestLateEnqueueWrite: a queue write that its Lock gave up on can land
+// after the Lock's own cleanup deleted the key, and leave a key that no hold
+// owns, on a lease that other locks keep alive: it would block the lock for
+// as long as they live. The lease deletes it at its next renewal.
+func TestLateEnqueueWrite(t *testing.T) {
+	slow := etcdtest.NewProxy(t, shared.Endpoints()[0])
+	fast := etcdtest.NewProxy(t, shared.Endpoints()[0])
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{slow.URL(), fast.URL()},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	key := testKey(t)
+	ttl := microlock.WithTTL(3 * time.Second)
+	ctx := ctxTimeout(t, 60*time.Second)
+	holder := newMutex(t, client(t), key)
+	if err := holder.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	events := client(t).Watch(ctx, key+"/", clientv3.WithPrefix())
+	// Each request goes to the next endpoint in turn: the queue write goes
+	// through the slow proxy in about half the tries, and the cleanup's
+	// delete through the fast one.
+	for try := 1; try <= 20; try++ {
+		// Another lock of the same client and TTL keeps the lease in use,
+		// as in a process that holds many locks. (A lease whose write was
+		// lost is retired: each try takes a new one.)
+		keeper := newMutex(t, c, testKey(t, "keeper", strconv.Itoa(try)), ttl)
+		if err := keeper.TryLock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		slow.Delay(1500 * time.Millisecond)
+		m := newMutex(t, c, key, ttl)
+		lctx, cancel := context.WithTimeout(ctx, 400*time.Millisecond)
+		err := m.Lock(lctx)
+		cancel()
+		slow.Delay(0)
+		if err == nil {
+			t.Fatal("Lock succeeded while another node holds the lock")
+		}
+		// Every event up to now happened before Lock returned.
+		drain := time.After(100 * time.Millisecond)
+	before:
+		for {
+			select {
+			case <-events:
+			case <-drain:
+				break before
+			}
+		}
+		// A put from now on is a write that landed after its Lock gave up.
+		var stray string
+		var putAt time.Time
+		timeout := time.After(4 * time.Second)
+	watch:
+		for {
+			select {
+			case wr := <-events:
+				for _, ev := range wr.Events {
+					switch {
+					case ev.Type == mvccpb.PUT && stray == "":
+						stray, putAt = string(ev.Kv.Key), time.Now()
+						t.Logf("try %d: a queue write landed after its Lock gave up", try)
+					case ev.Type == mvccpb.DELETE && string(ev.Kv.Key) == stray:
+						// The lease renews every TTL/3 = 1 s.
+						if d := time.Since(putAt); d > 2*time.Second {
+							t.Errorf("the stray key went %v after it landed", d)
+						}
+						return
+					}
+				}
+			case <-timeout:
+				break watch
+			}
+		}
+		if stray != "" {
+			t.Fatalf("the stray key %q is still there 4 s after it landed; keys: %v", stray, keysUnder(t, client(t), key))
+		}
+		t.Logf("try %d: Lock: %v; no late write", try, err)
+	}
+	t.Fatal("no queue write landed late in 20 tries")
 }

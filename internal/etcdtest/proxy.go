@@ -2,6 +2,7 @@ package etcdtest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/microlock/microlock/internal/faultproxy"
 )
@@ -34,6 +35,10 @@ func (p *Proxy) URL() string { return p.p.URL() }
 // Blackhole makes the proxy read and discard every byte, in both directions,
 // on existing and new connections, until Heal.
 func (p *Proxy) Blackhole() { p.p.Blackhole() }
+
+// Delay holds back every byte sent to the target for d (see
+// faultproxy.Proxy.Delay).
+func (p *Proxy) Delay(d time.Duration) { p.p.Delay(d) }
 
 // Heal closes every connection that discarded bytes, since their streams are
 // corrupt, and forwards normally again.

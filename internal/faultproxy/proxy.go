@@ -39,6 +39,7 @@ type Proxy struct {
 	conns      map[*Conn]struct{}
 	blackholed bool
 	closed     bool
+	delay      time.Duration // how long bytes to the target are held back
 
 	once     sync.Once
 	closeErr error
@@ -117,6 +118,13 @@ func (p *Proxy) URL() string { return "http://" + p.Addr() }
 // Blackhole makes the proxy read and discard every byte, in both directions,
 // on open and new connections, until Heal.
 func (p *Proxy) Blackhole() { p.Update(func() { p.blackholed = true }) }
+
+// Delay holds back every byte sent to the target for d after the proxy read
+// it, in order, on open connections as well as new ones; 0 ends it for the
+// bytes read from then on. It makes a request arrive late without losing it:
+// a write that its client gave up on lands after whatever the client sent
+// next on another connection.
+func (p *Proxy) Delay(d time.Duration) { p.Update(func() { p.delay = d }) }
 
 // Heal undoes Blackhole and closes every connection that discarded bytes,
 // since their streams are corrupt; new connections are forwarded normally.
@@ -237,8 +245,51 @@ func (p *Proxy) serve(in net.Conn) {
 		defer close(done)
 		p.pump(c, in, out)
 	}()
-	p.pump(c, out, r)
+	p.pumpDelayed(c, out, r)
 	<-done
+}
+
+// chunk is bytes on their way to the target, and when to send them.
+type chunk struct {
+	b  []byte
+	at time.Time
+}
+
+// pumpDelayed is pump for the bytes to the target, through a delay line:
+// each chunk is written once its delay, set when it was read, has passed.
+func (p *Proxy) pumpDelayed(c *Conn, dst io.Writer, src io.Reader) {
+	defer c.close()
+	line := make(chan chunk, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer c.close()
+		for ch := range line {
+			if d := time.Until(ch.at); d > 0 {
+				time.Sleep(d)
+			}
+			if _, err := dst.Write(ch.b); err != nil {
+				for range line { // drain until the reader stops
+				}
+				return
+			}
+		}
+	}()
+	defer func() { <-done }()
+	defer close(line)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.discard(c) {
+			p.mu.RLock()
+			d := p.delay
+			p.mu.RUnlock()
+			line <- chunk{b: bytes.Clone(buf[:n]), at: time.Now().Add(d)}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // pump copies src to dst, discarding chunks while the proxy says so, until
