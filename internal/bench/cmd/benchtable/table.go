@@ -18,11 +18,14 @@ const (
 	cycleNewSess   = "BenchmarkUncontended/etcd/NewSession"
 	tryMicrolock   = "BenchmarkTryLockFail/microlock"
 	tryEtcd        = "BenchmarkTryLockFail/etcd"
+	authCycle      = "BenchmarkAuth/cycle"
+	authRenew      = "BenchmarkAuth/renew"
 )
 
 func contention(c int, lib string) string { return fmt.Sprintf("BenchmarkContention/C=%d/%s", c, lib) }
 func keys(k int) string                   { return fmt.Sprintf("BenchmarkKeys/K=%d", k) }
 func held(n int, lib string) string       { return fmt.Sprintf("BenchmarkHeld/N=%d/%s", n, lib) }
+func authC2(side string) string           { return "BenchmarkAuth/C=2/" + side }
 
 // row is one line of the table. result is PASS or FAIL for a target, empty
 // for a figure shown for reference, "n/a" when a number is missing.
@@ -214,6 +217,26 @@ func (t *table) build() {
 		sm, se := t.val(keys(k), "microlock-etcd-cpu-us/cycle"), t.val(keys(k), "etcd-etcd-cpu-us/cycle")
 		t.add(row{measure: "… etcd server CPU per cycle (µs)", microlock: num(sm), etcd: num(se), ratio: ratio(sm / se)})
 	}
+
+	// Authentication: microlock with a password user ÷ without, each on an
+	// etcd of its own. For reference: no target.
+	for _, a := range []struct{ what, name, per string }{
+		{"Mutex.Lock+Unlock", authCycle, "cycle"},
+		{"Mutex.Renew of a held lock", authRenew, "renewal"},
+	} {
+		on, off := t.val(a.name, "auth-us"), t.val(a.name, "noauth-us")
+		t.add(row{measure: "Auth on ÷ off, in turn: " + a.what + " (µs)", microlock: num(on) + " ÷ " + num(off), ratio: ratio(on / off)})
+		t.add(row{
+			measure:   "… Authenticate calls per " + a.per + "; etcd CPU per " + a.per + ", on ÷ off (µs)",
+			microlock: num(t.val(a.name, "auth-authenticate/op")) + "; " + num(t.val(a.name, "auth-etcd-cpu-us")) + " ÷ " + num(t.val(a.name, "noauth-etcd-cpu-us")),
+		})
+	}
+	on, off := t.val(authC2("auth"), "handoffs/s"), t.val(authC2("noauth"), "handoffs/s")
+	t.add(row{measure: "Auth on ÷ off: contention C=2, handoffs/s", microlock: num(on) + " ÷ " + num(off), ratio: ratio(on / off)})
+	t.add(row{
+		measure:   "… Authenticate calls per handoff; etcd CPU per handoff, on ÷ off (µs)",
+		microlock: num(t.val(authC2("auth"), "authenticate/op")) + "; " + num(t.val(authC2("auth"), "etcd-cpu-us/op")) + " ÷ " + num(t.val(authC2("noauth"), "etcd-cpu-us/op")),
+	})
 
 	// Held locks.
 	const few, many = 1000, 10000
