@@ -112,7 +112,7 @@ BENCH_OUT         ?= $(BENCH_DIR)/table.md
 BENCH_DATADIR     ?=
 BENCH_FLAGS       ?= -benchtime 2s -count 3
 BENCH_SHORT_FLAGS ?= -benchtime 300ms -count 1 -short
-BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys)$$'
+BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth)$$'
 
 # bench-run: the benchmarks with flags $(1), the held-locks ones (one run,
 # each in a process of its own) with flags $(2), then the table.

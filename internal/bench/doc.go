@@ -36,6 +36,11 @@
 //   - Keys: K goroutines on one shared client, each cycling a key of its own;
 //     the two libraries, and microlock's two requests sent by hand, take
 //     turns. Cycles per second, and client and etcd CPU per cycle.
+//   - Auth: what username/password authentication costs, on two fresh etcds
+//     alike but for it, one per side: Mutex.Lock+Unlock and Mutex.Renew with
+//     authentication and without, in turn, and two contenders on one key,
+//     side after side. Each reports each side's etcd CPU per op, and the
+//     Authenticate calls the server handled per op (from its gRPC metrics).
 //   - Held: a separate process (this test binary, run again) holds N locks on
 //     one client for 30 s (10 s with -short), TTL 5 s: keepalive messages per
 //     second, client CPU, memory and goroutines per held lock, and locks

@@ -50,14 +50,9 @@ func TestMain(m *testing.M) {
 // launch starts the run's etcd and prints, for the report, its version and
 // where its data lives, in the "key: value" form of go test's own header.
 func launch() (*etcdtest.Cluster, error) {
-	var opts []etcdtest.Option
-	where := "tmpfs, no fsync"
-	if dir := os.Getenv(dataDirEnv); dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
-		}
-		opts = append(opts, etcdtest.WithDataDir(dir), etcdtest.WithArgs("--unsafe-no-fsync=false"))
-		where = "disk under " + dir + ", fsync"
+	opts, where, err := etcdOptions()
+	if err != nil {
+		return nil, err
 	}
 	c, err := etcdtest.Launch(1, opts...)
 	if err != nil {
@@ -78,6 +73,20 @@ func launch() (*etcdtest.Cluster, error) {
 	}
 	fmt.Printf("etcd: %s, single node, data on %s\n", st.Version, where)
 	return c, nil
+}
+
+// etcdOptions returns the options of every etcd a benchmark starts, and
+// where they keep their data, for the report: by default on tmpfs, not
+// synced; with MICROLOCK_BENCH_DATADIR, on disk there, synced.
+func etcdOptions() (opts []etcdtest.Option, where string, err error) {
+	dir := os.Getenv(dataDirEnv)
+	if dir == "" {
+		return nil, "tmpfs, no fsync", nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	return []etcdtest.Option{etcdtest.WithDataDir(dir), etcdtest.WithArgs("--unsafe-no-fsync=false")}, "disk under " + dir + ", fsync", nil
 }
 
 // etcdOf returns the run's etcd, or fails b if TestMain did not start one.

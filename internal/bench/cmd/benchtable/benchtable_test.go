@@ -25,8 +25,17 @@ BenchmarkSideBySide/cycle-2         	     541	   5634961 ns/op	       348.1 With
 --- BENCH: BenchmarkSideBySide/cycle-2
     sidebyside_test.go:40: a log line
 BenchmarkSideBySide/trylock-2       	    3159	   1631890 ns/op	       500 etcd-us	       400 microlock-us	       270 txn-us
+BenchmarkFloor/Txn-2                	    4000	    300000 ns/op	    5000 B/op	      80 allocs/op
+BenchmarkFloor/Get-2                	    6000	    200000 ns/op	    4000 B/op	      70 allocs/op
+BenchmarkContention/C=2/microlock-2 	     300	  10700505 ns/op	       900 handoffs/s	         1.000 max/min	         0.5 p50-ms	         2 p99-ms
+BenchmarkContention/C=2/etcd-2      	      30	  12402611 ns/op	       100 handoffs/s	         1.000 max/min	         9 p50-ms	        99 p99-ms
 BenchmarkContention/C=8/microlock-2 	     327	  10700505 ns/op	      1600 handoffs/s	         1.000 max/min	         0.5635 p50-ms	        94.02 p99-ms
 BenchmarkContention/C=8/etcd-2      	      94	  12402611 ns/op	        50 handoffs/s	         1.000 max/min	         1.316 p50-ms	        90.37 p99-ms
+BenchmarkKeys/K=16-2                	    1000	   1000000 ns/op	      9000 microlock-cycles/s	     10000 etcd-cycles/s	      9600 requests-cycles/s
+BenchmarkAuth/cycle-2               	     100	   2000000 ns/op	         0 auth-authenticate/op	      1000 auth-us	       800 noauth-us	      900 auth-etcd-cpu-us	       700 noauth-etcd-cpu-us
+BenchmarkAuth/renew-2               	       5	  60000000 ns/op	         1 auth-authenticate/op	     60000 auth-us	       400 noauth-us	    70000 auth-etcd-cpu-us	       300 noauth-etcd-cpu-us
+BenchmarkAuth/C=2/noauth-2          	     200	   2000000 ns/op	       450 handoffs/s	      1500 etcd-cpu-us/op
+BenchmarkAuth/C=2/auth-2            	      20	  66000000 ns/op	        15 handoffs/s	     65000 etcd-cpu-us/op	         1 authenticate/op
 PASS
 ok  	github.com/microlock/microlock/internal/bench	20.949s
 `
@@ -72,7 +81,9 @@ func TestTable(t *testing.T) {
 	var out bytes.Buffer
 	render(&out, &r)
 	got := out.String()
-	for _, want := range []string{"cpu: AMD EPYC", "GOMAXPROCS: 2", "median of 3 run(s)", "| Measure"} {
+	for _, want := range []string{"cpu: AMD EPYC", "GOMAXPROCS: 2", "median of 3 run(s)", "| Measure",
+		// 20 targets in all, 9 of them with figures in the sample.
+		"Targets: 6 met, 3 missed, 11 not measured."} {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}
@@ -82,12 +93,25 @@ func TestTable(t *testing.T) {
 		{"Uncontended cycle in turn", "1.10×", "PASS"},
 		// 400 / 500 > 0.6: missed.
 		{"TryLock on a held key in turn", "0.80×", "FAIL"},
-		// 1600 / 50 ≥ 30: met.
+		// 1600 / 50 ≥ 10: met.
 		{"Contention C=8: handoffs/s", "32×", "PASS"},
-		// 1600 / (1e6 / 630 µs) ≥ 0.45: met.
-		{"C=8 handoffs/s ÷ uncontended", "1.01×", "PASS"},
+		// 900 / 100 < 10: missed.
+		{"Contention C=2: handoffs/s", "9.00×", "FAIL"},
+		// 1600 / (1e6 / (300 µs + 200 µs)) ≥ 0.55: met.
+		{"÷ two-request floor", "0.80×", "PASS"},
+		// 1600 / (1e6 / 630 µs): for reference, no target.
+		{"C=8 handoffs/s ÷ uncontended", "1.01×", ""},
+		// 9000 / 10000 ≥ 0.9: at the bound, met.
+		{"Independent keys K=16", "0.90×", "PASS"},
+		// 9000 / 9600 < 0.95: missed.
+		{"÷ microlock's two requests sent by hand", "0.94×", "FAIL"},
+		{"the requests by hand ÷ etcd's", "0.96×", ""},
 		// Not measured.
-		{"Independent keys K=16", "—", "n/a"},
+		{"Independent keys K=256", "—", "n/a"},
+		// Authentication, for reference: 1000 / 800, 60000 / 400, 15 / 450.
+		{"Auth on ÷ off, in turn: Mutex.Lock+Unlock", "1.25×", ""},
+		{"Auth on ÷ off, in turn: Mutex.Renew", "150×", ""},
+		{"Auth on ÷ off: contention C=2", "0.03×", ""},
 	} {
 		cells := strings.Split(rowOf(got, tc.measure), "|")
 		if len(cells) != 9 {
