@@ -37,6 +37,9 @@ type Run struct {
 	Records    []Record
 	Faults     []Fault // in order
 	History    []Event // ReadHistory of a prefix covering LockPrefix and Counter
+	// Logs are the etcd members' log lines about leaders and leases (see
+	// ReadMemberLog), in time order: evidence, never a verdict.
+	Logs []LogLine
 }
 
 // Violation is one failed check, with the fault it happened under.
