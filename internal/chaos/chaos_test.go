@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +85,12 @@ func TestChaos(t *testing.T) {
 					break
 				}
 				t.Errorf("%s (%s): %s", viol.Check, faultName(viol.Fault), viol.Detail)
+			}
+			// Explained by etcd, with the evidence the report lists: they
+			// do not fail the run, but they are never passed over.
+			for _, viol := range res.EtcdCases() {
+				t.Logf("%s: %s (%s): %s\n    %s", chaos.CategoryEtcd, viol.Check, faultName(viol.Fault), viol.Detail,
+					strings.Join(viol.Etcd.Evidence(), "\n    "))
 			}
 		})
 	}
