@@ -1,13 +1,16 @@
 package chaos_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,6 +86,12 @@ func TestChaos(t *testing.T) {
 				}
 				t.Errorf("%s (%s): %s", viol.Check, faultName(viol.Fault), viol.Detail)
 			}
+			// Explained by etcd, with the evidence the report lists: they
+			// do not fail the run, but they are never passed over.
+			for _, viol := range res.EtcdCases() {
+				t.Logf("%s: %s (%s): %s\n    %s", chaos.CategoryEtcd, viol.Check, faultName(viol.Fault), viol.Detail,
+					strings.Join(viol.Etcd.Evidence(), "\n    "))
+			}
 		})
 	}
 	if len(results) == 0 {
@@ -113,7 +122,20 @@ func faultName(k chaos.Kind) string {
 func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*chaos.Result, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := etcdtest.Start(t, 3, etcdtest.WithPeerProxies())
+	// At info level etcd logs raft's leader changes, the evidence of what a
+	// member fault did to the cluster.
+	c := etcdtest.Start(t, 3, etcdtest.WithPeerProxies(), etcdtest.WithArgs("--log-level", "info"))
+	// Kept with go test -artifacts, for a look at the timeline.
+	dir := t.ArtifactDir()
+	// Registered after Start, so it runs before the cluster's cleanup
+	// removes the logs, whatever ended the test.
+	t.Cleanup(func() {
+		for _, m := range c.Members {
+			if err := copyFile(m.LogPath(), filepath.Join(dir, fmt.Sprintf("%s-%s.log", v, m.Name))); err != nil {
+				t.Errorf("keeping member %s's log: %v", m.Name, err)
+			}
+		}
+	})
 	admin := c.Client(t)
 	st, err := admin.Status(ctx, c.Members[0].ClientURL)
 	if err != nil {
@@ -132,9 +154,8 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 		n.members = append(n.members, c.Client(t, m.ClientURL))
 	}
 
+	clockStart := chaos.ReadClock()
 	run := &chaos.Run{Variant: v, TTL: p.TTL, LockPrefix: lockKey + "/", Counter: counterKey, Start: chaos.Now()}
-	// Kept with go test -artifacts, for a look at the timeline.
-	dir := t.ArtifactDir()
 	for i := range p.Workers {
 		n.workers = append(n.workers, startWorker(t, workerConfig{
 			bin: bin, dir: dir, node: fmt.Sprintf("w%d", i+1),
@@ -168,6 +189,9 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 	if run.History, err = chaos.ReadHistory(hctx, admin, historyKey); err != nil {
 		t.Fatal(err)
 	}
+	if run.Logs, err = readMemberLogs(c, clockStart, chaos.ReadClock()); err != nil {
+		t.Error(err)
+	}
 	if err := saveTimeline(dir, run); err != nil {
 		t.Error(err)
 	}
@@ -176,12 +200,43 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 	return chaos.Check(run), "v" + st.Version
 }
 
-// saveTimeline writes the faults and etcd's history next to the workers'
-// records, one JSON value a line.
+// readMemberLogs reads the lines of every member's log that bear on leaders
+// and leases, in time order, on the suite's clock by the two readings
+// taken around the run.
+func readMemberLogs(c *etcdtest.Cluster, a, b chaos.ClockReading) ([]chaos.LogLine, error) {
+	ids := make(map[uint64]string)
+	for _, m := range c.Members {
+		ids[m.ID()] = m.Name
+	}
+	toNow := func(wall time.Time) int64 { return chaos.WallToNow(a, b, wall) }
+	var out []chaos.LogLine
+	for _, m := range c.Members {
+		lines, err := chaos.ReadMemberLog(m.LogPath(), m.Name, ids, toNow)
+		if err != nil {
+			return nil, fmt.Errorf("reading member %s's log: %v", m.Name, err)
+		}
+		out = append(out, lines...)
+	}
+	slices.SortStableFunc(out, func(x, y chaos.LogLine) int { return cmp.Compare(x.At, y.At) })
+	return out, nil
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o644)
+}
+
+// saveTimeline writes the faults, etcd's history and the member log lines
+// that the checker used (on the suite's clock, member IDs named) next to
+// the workers' records, one JSON value a line.
 func saveTimeline(dir string, run *chaos.Run) error {
 	for name, items := range map[string][]any{
 		"faults.jsonl":  toAny(run.Faults),
 		"history.jsonl": toAny(run.History),
+		"logs.jsonl":    toAny(run.Logs),
 	} {
 		var b []byte
 		for _, it := range items {

@@ -37,6 +37,9 @@ type Run struct {
 	Records    []Record
 	Faults     []Fault // in order
 	History    []Event // ReadHistory of a prefix covering LockPrefix and Counter
+	// Logs are the etcd members' log lines about leaders and leases (see
+	// ReadMemberLog), in time order: evidence, never a verdict.
+	Logs []LogLine
 }
 
 // Violation is one failed check, with the fault it happened under.
@@ -49,8 +52,13 @@ type Violation struct {
 	// such writes; nothing else may cause a violation.
 	Allowed bool
 	Excuse  string
-	Count   int64 // increments lost, for CheckLostUpdate; 1 otherwise
-	Detail  string
+	// Etcd, when set, puts a violation that is not allowed in CategoryEtcd,
+	// with its evidence: etcd revoked the lease of a holder that kept
+	// renewing it. It does not fail the run, and is never counted as
+	// allowed.
+	Etcd   *Revocation
+	Count  int64 // increments lost, for CheckLostUpdate; 1 otherwise
+	Detail string
 }
 
 // Result is the checked outcome of one variant's run.
@@ -104,18 +112,41 @@ type Pause struct {
 func (r *Result) Forbidden() []Violation {
 	var out []Violation
 	for _, v := range r.Violations {
-		if !v.Allowed {
+		if !v.Allowed && v.Etcd == nil {
 			out = append(out, v)
 		}
 	}
 	return out
 }
 
-// Count sums the violations of one check, allowed or forbidden.
+// EtcdCases returns the violations in CategoryEtcd.
+func (r *Result) EtcdCases() []Violation {
+	var out []Violation
+	for _, v := range r.Violations {
+		if v.Etcd != nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// Count sums the violations of one check that are allowed, or forbidden
+// (not allowed, and not in CategoryEtcd).
 func (r *Result) Count(check string, allowed bool) int64 {
 	var n int64
 	for _, v := range r.Violations {
-		if v.Check == check && v.Allowed == allowed {
+		if v.Check == check && v.Allowed == allowed && v.Etcd == nil {
+			n += v.Count
+		}
+	}
+	return n
+}
+
+// CountEtcd sums the violations of one check in CategoryEtcd.
+func (r *Result) CountEtcd(check string) int64 {
+	var n int64
+	for _, v := range r.Violations {
+		if v.Check == check && v.Etcd != nil {
 			n += v.Count
 		}
 	}
@@ -141,6 +172,7 @@ func Check(run *Run) *Result {
 		r := &run.Records[i]
 		c.byID[recordID(r.Node, r.Seq)] = r
 	}
+	c.index()
 	c.counts()
 	c.register()
 	c.acknowledged()
@@ -154,6 +186,13 @@ type checker struct {
 	res    *Result
 	byID   map[string]*Record
 	landed map[*Record]int64 // record → revision its write landed at
+
+	// For the revocation checks (see index).
+	keys         map[int64]*lockKey // create revision → the lock key
+	ops          map[string][]Op    // node → its ops, by send time
+	leaseOf      map[string][]Op    // lock key → the ops that put it
+	seen, before []observation
+	revocations  map[int64]revocationResult // by token
 }
 
 func recordID(node string, seq int64) string { return fmt.Sprintf("%s#%d", node, seq) }
@@ -192,14 +231,30 @@ func (c *checker) faultAt(t int64) Kind {
 // add records a violation at time t (0: unknown). It is allowed when
 // excuse, the evidence that no lock could have prevented it, is not empty.
 func (c *checker) add(check string, t int64, count int64, excuse string, format string, args ...any) {
+	c.addRevoked(check, t, count, excuse, nil, "", format, args...)
+}
+
+// addRevoked is add for a violation that etcd's revocation of a renewed
+// lease may explain: with no excuse, it is in CategoryEtcd if rv is set,
+// and forbidden otherwise, its detail saying why not (notEtcd) when the
+// holder's key was deleted.
+func (c *checker) addRevoked(check string, t int64, count int64, excuse string, rv *Revocation, notEtcd string, format string, args ...any) {
 	k := Kind("")
 	if t != 0 {
 		k = c.faultAt(t)
 	}
-	c.res.Violations = append(c.res.Violations, Violation{
+	v := Violation{
 		Check: check, Fault: k, Allowed: excuse != "", Excuse: excuse, Count: count,
 		Detail: fmt.Sprintf(format, args...),
-	})
+	}
+	switch {
+	case excuse != "":
+	case rv != nil:
+		v.Etcd = rv
+	case notEtcd != "":
+		v.Detail += "; not " + CategoryEtcd + ": " + notEtcd
+	}
+	c.res.Violations = append(c.res.Violations, v)
 }
 
 // Excuses: what no lock can prevent, each allowed only with its evidence.
@@ -298,7 +353,8 @@ func (c *checker) handoffs() {
 			if prev.Lost != 0 {
 				how = fmt.Sprintf("its loss signal came %v later", time.Duration(prev.Lost-next.Acq))
 			}
-			c.add(CheckLossOrder, next.Acq, 1, c.pausedHolder(prev), "%s#%d (token %d) acquired while %s#%d (token %d) still worked: %s",
+			rv, why := c.revokedHold(prev)
+			c.addRevoked(CheckLossOrder, next.Acq, 1, c.pausedHolder(prev), rv, why, "%s#%d (token %d) acquired while %s#%d (token %d) still worked: %s",
 				next.Node, next.Seq, next.Token, prev.Node, prev.Seq, prev.Token, how)
 		}
 		if prev.Lost != 0 && (prev.FnEnd == 0 || prev.Lost <= prev.FnEnd) && prev.Lost < next.Acq {

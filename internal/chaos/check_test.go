@@ -3,6 +3,8 @@ package chaos_test
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,10 +93,15 @@ func (h *history) fault(k chaos.Kind, target string, start, heal int64) {
 	h.run.Faults = append(h.run.Faults, chaos.Fault{Kind: k, Target: target, Start: ms(start), Heal: ms(heal)})
 }
 
-// violations returns the result's violations as "check/allowed" → count.
+// violations returns the result's violations as "check/allowed" → count,
+// or "check/etcd" for those in chaos.CategoryEtcd.
 func violations(res *chaos.Result) map[string]int64 {
 	out := make(map[string]int64)
 	for _, v := range res.Violations {
+		if v.Etcd != nil {
+			out[v.Check+"/etcd"] += v.Count
+			continue
+		}
 		out[fmt.Sprintf("%s/%v", v.Check, v.Allowed)] += v.Count
 	}
 	return out
@@ -386,3 +393,254 @@ func TestCheckWriteDelayedByPausedMember(t *testing.T) {
 	expect(t, story(chaos.Plain, 1105, true), forbidden)
 	expect(t, story(chaos.Fenced, 1105, false), forbidden)
 }
+
+// The revoked-lease story is the forbidden violation of seed
+// 1795923088091463206 (plain variant, member pause), with the times (ms
+// from the pause's start), revisions in their order, and lease IDs of its
+// files. The leader m2 is stopped for 3.571 s while w5 holds the lock and
+// its Put, sent through m0, is held up; w1, w3 and w4 wait. m0 and m1 elect
+// m0, and the workers renew through it; w2, whose renewals fail, gives up
+// its key and comes back with a lease the new leader grants. When m2
+// resumes, it revokes the four leases it knew as expired, the holder's
+// first: a burst of deletions. Then w5's Put lands, after its key is gone,
+// and w2 acquires. The run's files have no renewals; the story adds them,
+// as a worker now records them, every TTL/3.
+type revokedLeaseStory struct {
+	variant chaos.Variant
+	// renewed: w5's renewals during the pause are acknowledged by the new
+	// leader. Without it, none is after the one before the pause.
+	renewed bool
+	// selfDelete: w5 itself sent a deletion of its key during the pause,
+	// with no answer.
+	selfDelete bool
+}
+
+const pauseStart = 100000 // ms
+
+// pt is a time x ms from the pause's start.
+func pt(x float64) int64 { return int64((pauseStart + x) * float64(time.Millisecond)) }
+
+const (
+	lease5    = "67eca2255c9ce9b0"
+	lease4    = "67eca2255e7b0af9"
+	lease3    = "67eca2255f645fbe"
+	lease1    = "4a3da2255d1f62b8"
+	lease2Old = "24c8a2255f0af3d9"
+	lease2    = "24c8a2255f0affa1" // granted during the pause: m2 never knew it
+	newLeader = 1100.0             // ms: m0 is elected, at term 9
+	resumed   = 3571.0             // ms: m2 resumes
+)
+
+func (s revokedLeaseStory) run() (*history, *chaos.Result) {
+	h := newHistory(s.variant)
+	h.run.End = pt(10000)
+	h.hold("w1", 2213, 1000) // the counter is 1
+
+	// put queues node's key, as microlock names it after its lease.
+	put := func(node, lease string, x float64, via string, term uint64) (string, int64, chaos.Op) {
+		key := tPrefix + lease + "_0"
+		h.rev++
+		h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, CreateRev: h.rev, Value: node})
+		return key, h.rev, chaos.Op{Op: chaos.OpPut, Key: key, Lease: lease, Sent: pt(x), Acked: pt(x + 1.5), Rev: h.rev, Term: term, Via: via}
+	}
+	del := func(key string) int64 {
+		h.rev++
+		h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, Delete: true})
+		return h.rev
+	}
+	// renewals sends a renewal every TTL/3 from x0 until m2 resumes: m2
+	// answers before the pause; during it none is answered before the new
+	// leader is elected, and after, m0 answers if acked.
+	var renewed []int64 // w5's Renewed events
+	renewals := func(lease string, x0 float64, rev int64, acked bool) []chaos.Op {
+		var ops []chaos.Op
+		for x := x0; x < resumed; x += 667 {
+			op := chaos.Op{Op: chaos.OpKeepAlive, Lease: lease, Sent: pt(x)}
+			switch {
+			case x < 0:
+				op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 8, "m2"
+			case x >= newLeader && acked:
+				op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 9, "m0"
+			default:
+				op.Err = "context deadline exceeded"
+			}
+			if op.Acked != 0 && lease == lease5 {
+				renewed = append(renewed, op.Acked+int64(100*time.Microsecond))
+			}
+			ops = append(ops, op)
+		}
+		return ops
+	}
+
+	key5, token5, put5 := put("w5", lease5, -10, "m2", 8)
+	key2Old, _, put2Old := put("w2", lease2Old, -9, "m2", 8)
+	key3, _, put3 := put("w3", lease3, -8, "m2", 8)
+	key1, _, put1 := put("w1", lease1, -7, "m2", 8)
+	key4, _, put4 := put("w4", lease4, -6, "m2", 8)
+	w5 := &chaos.Record{Node: "w5", Seq: 2295, Call: pt(-90.104), Acq: pt(-4.668), Token: token5, FnStart: pt(-4.651)}
+	h.records = append(h.records, w5)
+	h.read(w5)
+	w5.ReadEnd = pt(-3.143)
+	h.fault(chaos.MemberPause, "m2", pauseStart, pauseStart+int64(resumed))
+
+	// w2's deadline fires; it deletes its key and queues again on a new
+	// lease, which the new leader grants.
+	w2Gone := &chaos.Record{Node: "w2", Seq: 2192, Call: pt(-68.761), End: pt(1656.519),
+		Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: no renewal was acknowledged in time`}
+	h.records = append(h.records, w2Gone)
+	gone := del(key2Old)
+	w2Gone.Ops = append(append([]chaos.Op{put2Old}, renewals(lease2Old, -400, 0, false)...),
+		chaos.Op{Op: chaos.OpDelete, Key: key2Old, Sent: pt(1656.6), Acked: pt(1660), Rev: gone, Term: 9, Via: "m1"})
+	w2 := &chaos.Record{Node: "w2", Seq: 2193, Call: pt(1707.44)}
+	h.records = append(h.records, w2)
+	key2, token2, put2 := put("w2", lease2, 1720, "m1", 9)
+	w2.Token = token2
+	w2.Ops = append([]chaos.Op{
+		{Op: chaos.OpGrant, Lease: lease2, Sent: pt(1710), Acked: pt(1712), TTL: 2, Rev: gone, Term: 9, Via: "m1"}, put2,
+	}, renewals(lease2, 1710+667, token2, true)...)
+	before := h.rev
+
+	w5.Ops = append([]chaos.Op{put5}, renewals(lease5, -300, before, s.renewed)...)
+	w5.Renewed = renewed
+	if s.selfDelete {
+		w5.Ops = append(w5.Ops, chaos.Op{Op: chaos.OpDelete, Key: key5, Sent: pt(2000), Err: "context deadline exceeded"})
+	}
+	for _, w := range []struct {
+		node        string
+		seq         int64
+		call, end   float64
+		key, lease  string
+		put         chaos.Op
+		renewalFrom float64
+	}{
+		{"w4", 2259, -8.415, 3583.086, key4, lease4, put4, -200},
+		{"w3", 2126, -46.204, 3589.537, key3, lease3, put3, -500},
+		{"w1", 2214, -30.227, 3586.82, key1, lease1, put1, -100},
+	} {
+		h.records = append(h.records, &chaos.Record{Node: w.node, Seq: w.seq, Call: pt(w.call), End: pt(w.end),
+			Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: its key was deleted while it waited`,
+			Ops: append([]chaos.Op{w.put}, renewals(w.lease, w.renewalFrom, before, true)...)})
+	}
+
+	// m2 resumes and revokes the leases it knew.
+	del(key5)
+	del(key4)
+	del(key3)
+	del(key1)
+	// w5's Put lands.
+	h.write(w5, 0, chaos.WriteOK)
+	w5.WriteStart, w5.WriteEnd, w5.WriteVia = pt(4.478), pt(3578.351), "m0"
+	w5.FnEnd, w5.Lost, w5.End = pt(3578.368), pt(3583.815), pt(3583.851)
+	w5.Err = `microlock: lock on "chaos/register" lost: its key was gone when it was released`
+
+	// w2 acquires, and the workload goes on.
+	w2.Acq, w2.FnStart = pt(3586.26), pt(3586.749)
+	h.read(w2)
+	w2.ReadEnd = pt(3590.54)
+	h.write(w2, pauseStart+3606, chaos.WriteOK)
+	w2.FnEnd, w2.End = pt(3607.688), pt(3609.86)
+	del(key2)
+	h.hold("w3", 2127, pauseStart+3739)
+
+	h.run.Logs = []chaos.LogLine{
+		{Member: "m0", At: pt(newLeader - 10), Level: "info", Text: "m0 is starting a new election at term 8"},
+		{Member: "m0", At: pt(newLeader), Level: "info", Text: "m0 became leader at term 9"},
+		{Member: "m1", At: pt(newLeader + 1), Level: "info", Text: "raft.node: m1 changed leader from m2 to m0 at term 9"},
+		{Member: "m2", At: pt(resumed + 3), Level: "info", Text: "m2 became follower at term 9"},
+		{Member: "m2", At: pt(resumed + 4), Level: "info", Text: "raft.node: m2 changed leader from m2 to m0 at term 9"},
+	}
+	return h, h.check()
+}
+
+// TestCheckRevokedLease: a holder's late write after etcd revoked the
+// lease that it kept renewing is put in chaos.CategoryEtcd, with its
+// evidence in the report, and neither fails the run nor counts as allowed.
+func TestCheckRevokedLease(t *testing.T) {
+	h, res := revokedLeaseStory{variant: chaos.Plain, renewed: true}.run()
+	expect(t, res, map[string]int64{"write by non-holder/etcd": 1})
+	if f := res.Forbidden(); len(f) != 0 {
+		t.Errorf("forbidden: %+v", f)
+	}
+	cases := res.EtcdCases()
+	if len(cases) != 1 {
+		t.Fatalf("%d etcd cases, want 1", len(cases))
+	}
+	rv := cases[0].Etcd
+	first := h.records[3].Token + 1 // w2's new key, then the burst
+	if rv.Lease != lease5 || rv.Node != "w5" || rv.Rev != first || len(rv.Burst) != 4 || !rv.Burst[0].Held || rv.Burst[1].Held {
+		t.Errorf("revocation of %s (%s) at revision %d, burst %+v; want %s (w5) at %d, a burst of 4, the holder's first",
+			rv.Lease, rv.Node, rv.Rev, rv.Burst, lease5, first)
+	}
+	if rv.By != pt(3578.351) || rv.After != pt(1720) {
+		t.Errorf("deleted after %s, by %s; want after w2's put at %s, by w5's acknowledgement at %s",
+			fmtNs(rv.After), fmtNs(rv.By), fmtNs(pt(1720)), fmtNs(pt(3578.351)))
+	}
+	if rv.Renewal.Sent != pt(3035) || rv.Renewal.Via != "m0" || rv.Fault.Target != "m2" || len(rv.During) != 3 {
+		t.Errorf("last renewal %+v, %d during the fault, fault %+v; want the one sent at 3035 ms through m0, 3, m2's pause",
+			rv.Renewal, len(rv.During), rv.Fault)
+	}
+
+	report := chaos.Report(chaos.Short(), "v3.7.3", []*chaos.Result{res}, 5)
+	t.Log("\n" + report)
+	for _, want := range []string{
+		`violations: forbidden / etcd / allowed\s+0 / 1 / 0`,
+		`write by non-holder\s+0 / 1 / 0`,
+		`plain: write by non-holder \(member pause; etcd: lease revoked by etcd while its holder kept renewing it\): revision \d+: w5#2295`,
+		`key chaos/register/67eca2255c9ce9b0_0 \(w5, token \d+, lease 67eca2255c9ce9b0\) deleted at revision \d+, after 101\.720s \(w2's put answered by m1 at revision \d+\) and by 103\.578s \(w5#2295's write, acknowledged at revision \d+\)`,
+		`not by a client: no worker sent a deletion of the key or a revocation of lease 67eca2255c9ce9b0`,
+		`last acknowledged renewal of lease 67eca2255c9ce9b0: keepalive sent at 103\.035s, acknowledged at 103\.037s by m0 \(raft term 9\), TTL 2s: etcd could not rightly expire the lease before 105\.035s`,
+		`microlock's last Renewed event of the hold: 103\.037s`,
+		`fault: member pause of m2 from 100\.000s to 103\.571s \(3\.57s\)`,
+		`renewals of lease 67eca2255c9ce9b0 acknowledged during the fault \(sent→acknowledged\): 101\.701s→101\.703s by m0, term 9; 102\.368s`,
+		`deleted in a row: 4 lock key\(s\): \d+ w5 \(holding, 67eca2255c9ce9b0\), \d+ w4 \(waiting, 67eca2255e7b0af9\), \d+ w3 \(waiting, 67eca2255f645fbe\), \d+ w1 \(waiting, 4a3da2255d1f62b8\)`,
+		`the hold: w5#2295 acquired token \d+ at 99\.995s, sent its write at 100\.004s through m0, answered at 103\.578s \(ok\)`,
+		`101\.100s m0 info: m0 became leader at term 9`,
+		`103\.575s m2 info: raft.node: m2 changed leader from m2 to m0 at term 9`,
+	} {
+		if !regexp.MustCompile(want).MatchString(report) {
+			t.Errorf("the report lacks %q", want)
+		}
+	}
+}
+
+// TestCheckRevokedLeaseFallsShort: the same story without one piece of the
+// evidence stays forbidden, and says which piece is missing.
+func TestCheckRevokedLeaseFallsShort(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		story revokedLeaseStory
+		why   string
+	}{
+		{
+			// Its renewals were not acknowledged during the pause: etcd
+			// could rightly expire the lease 2 s after the last one, sent
+			// before the pause, long before the deletion was seen.
+			"not renewed", revokedLeaseStory{variant: chaos.Plain},
+			"the last acknowledged renewal of its lease 67eca2255c9ce9b0 was sent at 99.700s with a TTL of 2s: etcd could rightly expire it 1.88",
+		},
+		{
+			"deleted by its worker", revokedLeaseStory{variant: chaos.Plain, renewed: true, selfDelete: true},
+			"w5 sent a deletion of its key at 102.000s",
+		},
+		{
+			// The fence must refuse a late write, whatever ended the hold.
+			"fenced", revokedLeaseStory{variant: chaos.Fenced, renewed: true},
+			"a fenced write must be refused by its fence",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, res := tc.story.run()
+			expect(t, res, map[string]int64{"write by non-holder/false": 1})
+			f := res.Forbidden()
+			if len(f) != 1 || !strings.Contains(f[0].Detail, "not "+chaos.CategoryEtcd+": "+tc.why) {
+				t.Errorf("forbidden %+v; want one, saying %q", f, tc.why)
+			}
+			report := chaos.Report(chaos.Short(), "v3.7.3", []*chaos.Result{res}, 5)
+			if !regexp.MustCompile(`violations: forbidden / etcd / allowed\s+1 / 0 / 0`).MatchString(report) {
+				t.Errorf("report:\n%s", report)
+			}
+		})
+	}
+}
+
+func fmtNs(t int64) string { return fmt.Sprintf("%.3fs", float64(t)/1e9) }

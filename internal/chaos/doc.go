@@ -15,7 +15,12 @@
 // A violation is allowed only with evidence that no lock could have
 // prevented it (see the Excuse constants): a worker paused while it held the
 // lock, or, for the plain variant, a write held up in a paused member. The
-// fenced variant is allowed no late write at all.
+// fenced variant is allowed no late write at all. A violation that etcd
+// caused by revoking a lease its holder kept renewing (a stalled leader that
+// resumes, etcd issues #12528 and #15247) is neither allowed nor forbidden
+// but a category of its own, CategoryEtcd, reported case by case with its
+// evidence: the workers' lease requests, with the times they were sent and
+// answered, and the members' logs, which the run keeps.
 //
 // This package holds what the test and the worker program share: the
 // shared clock, the records, the schedule, the checker and the report. The

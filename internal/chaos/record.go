@@ -57,6 +57,69 @@ type Record struct {
 	Lost int64  `json:"lost"`
 	End  int64  `json:"end"` // WithLock returned
 	Err  string `json:"err,omitempty"`
+
+	// Renewed lists the hold's Renewed events (OnEvent), each when the hook
+	// ran: just after microlock saw a renewal acknowledged, so an upper
+	// bound of the acknowledgement, not the time the renewal was sent (Ops
+	// has that). microlock delivers Renewed to acquired holds only: a
+	// waiter's renewals are in Ops alone.
+	Renewed []int64 `json:"renewed,omitempty"`
+	// Ops are the worker's etcd requests that say how a lock key can go
+	// away, from the end of the worker's previous record to the end of this
+	// one, whichever hold they served: the lease renewal loop runs between
+	// calls too.
+	Ops []Op `json:"ops,omitempty"`
+}
+
+// Op kinds.
+const (
+	OpGrant     = "grant"     // LeaseGrant; Lease is the lease granted
+	OpKeepAlive = "keepalive" // one LeaseKeepAlive request and its answer
+	OpRevoke    = "revoke"    // LeaseRevoke
+	OpPut       = "put"       // a lock key written, with Lease (in a Txn, the branch that ran)
+	OpDelete    = "delete"    // a lock key (or range) deleted (in a Txn, the branch that ran)
+)
+
+// Op is one request of a worker's etcd client, as its gRPC interceptors saw
+// it go out on the wire and its answer come back: every attempt of every
+// lease grant, renewal and revocation, and every write and deletion of a
+// lock key. Times are Now readings. With them the checker can tell a lock
+// key deleted by its own client from one deleted by etcd revoking its lease,
+// and whether that lease was being renewed.
+type Op struct {
+	Op    string `json:"op"`              // OpGrant, OpKeepAlive, OpRevoke, OpPut or OpDelete
+	Lease string `json:"lease,omitempty"` // lease ID, 16 hex digits as in etcd's logs
+	Key   string `json:"key,omitempty"`   // OpPut, OpDelete
+	End   string `json:"end,omitempty"`   // OpDelete of a range: its range end
+	Sent  int64  `json:"sent"`            // just before the request went out
+	// Acked is when the answer came; 0: none came (Err says why), and the
+	// request may or may not have taken effect.
+	Acked int64 `json:"acked,omitempty"`
+	// TTL is, for an answered OpGrant or OpKeepAlive, the TTL in seconds
+	// that etcd granted; 0 in an answer means the lease is gone.
+	TTL  int64  `json:"ttl,omitempty"`
+	Rev  int64  `json:"rev,omitempty"`  // the answer's header: the member's revision
+	Term uint64 `json:"term,omitempty"` // the answer's header: the member's raft term
+	Via  string `json:"via,omitempty"`  // the member that answered
+	Err  string `json:"err,omitempty"`
+}
+
+// Renewal reports whether op is an acknowledged grant or renewal that left
+// its lease alive: etcd cannot rightly expire the lease before Sent + TTL.
+func (op *Op) Renewal() bool {
+	return (op.Op == OpGrant || op.Op == OpKeepAlive) && op.Sent != 0 && op.Acked != 0 && op.TTL > 0
+}
+
+// Deletes reports whether op may have deleted key.
+func (op *Op) Deletes(key string) bool {
+	if op.Op != OpDelete {
+		return false
+	}
+	if op.End == "" {
+		return op.Key == key
+	}
+	// A range [Key, End); "\x00" as End means every key from Key on.
+	return key >= op.Key && (op.End == "\x00" || key < op.End)
 }
 
 // Stop is when the hold's work stopped: the loss signal or fn's return,

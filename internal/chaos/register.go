@@ -14,6 +14,7 @@ type landedWrite struct {
 	v      Value
 	rec    *Record // nil if no record describes it
 	parent int     // index of the write whose value it read; -1: the initial 0
+	stale  bool    // it landed while its writer did not hold the lock
 }
 
 // register walks etcd's history in revision order. The lock's queue is
@@ -78,16 +79,20 @@ func (c *checker) writes() []landedWrite {
 					ev.Rev, v.Node, v.Seq, v, rec.Write, rec.Written, rec.Token)
 			}
 		}
-		if h := holder(); h != v.Token {
-			c.add(CheckNonHolder, t, 1, c.lateWrite(rec), "revision %d: %s#%d wrote %d with token %d while the holder's token was %d; its key was deleted at revision %d%s",
+		h := holder()
+		stale := h != v.Token
+		if stale {
+			rv, why := c.revokedWrite(rec)
+			c.addRevoked(CheckNonHolder, t, 1, c.lateWrite(rec), rv, why, "revision %d: %s#%d wrote %d with token %d while the holder's token was %d; its key was deleted at revision %d%s",
 				ev.Rev, v.Node, v.Seq, v.N, v.Token, h, deleted[v.Token], writeTiming(rec))
 		}
 		if n := len(ws); n > 0 && v.Token <= ws[n-1].v.Token {
 			prev := ws[n-1].v
-			c.add(CheckTokenOrder, t, 1, c.lateWrite(rec), "revision %d: %s#%d wrote with token %d after %s#%d wrote with token %d",
+			rv, why := c.revokedLate(landedWrite{rec: rec, stale: stale})
+			c.addRevoked(CheckTokenOrder, t, 1, c.lateWrite(rec), rv, why, "revision %d: %s#%d wrote with token %d after %s#%d wrote with token %d",
 				ev.Rev, v.Node, v.Seq, v.Token, prev.Node, prev.Seq, prev.Token)
 		}
-		ws = append(ws, landedWrite{rev: ev.Rev, v: v, rec: rec})
+		ws = append(ws, landedWrite{rev: ev.Rev, v: v, rec: rec, stale: stale})
 	}
 	return ws
 }
@@ -184,7 +189,15 @@ func (c *checker) lostUpdates(ws []landedWrite) {
 				excuse = c.lateWrite(ws[i].rec)
 			}
 		}
-		c.add(CheckLostUpdate, t, int64(len(victims)), excuse, "revision %d: %s#%d (token %d) wrote %d, having read %d at revision %d, over %d: the increments of %s are lost%s",
+		// Likewise for a late write after etcd revoked its writer's
+		// renewed lease; why is the culprit's, if none qualifies.
+		rv, why := c.revokedLate(w)
+		for _, i := range victims {
+			if rv == nil {
+				rv, _ = c.revokedLate(ws[i])
+			}
+		}
+		c.addRevoked(CheckLostUpdate, t, int64(len(victims)), excuse, rv, why, "revision %d: %s#%d (token %d) wrote %d, having read %d at revision %d, over %d: the increments of %s are lost%s",
 			w.rev, w.v.Node, w.v.Seq, w.v.Token, w.v.N, w.v.N-1, readRev, ws[k-1].v.N, strings.Join(names, ", "), writeTiming(w.rec))
 	}
 }
@@ -208,4 +221,13 @@ func writeTiming(r *Record) string {
 		s += ", through " + r.WriteVia
 	}
 	return s + fmt.Sprintf(", answered after %v (%s)", time.Duration(r.WriteEnd-r.WriteStart), r.Write)
+}
+
+// revokedLate returns the revocation that explains w, if it is a write that
+// landed while its writer did not hold the lock (see revokedWrite).
+func (c *checker) revokedLate(w landedWrite) (*Revocation, string) {
+	if !w.stale {
+		return nil, ""
+	}
+	return c.revokedWrite(w.rec)
 }

@@ -55,6 +55,10 @@ func (p *process) running() bool {
 // ID returns the etcd member ID, known once Start has returned.
 func (m *Member) ID() uint64 { return m.id }
 
+// LogPath returns the file that etcd's output goes to, appended to across
+// restarts. It is removed with the cluster: copy it before the cleanup.
+func (m *Member) LogPath() string { return m.logPath }
+
 // PID returns the process ID of the running etcd, or 0 if it is not running.
 func (m *Member) PID() int {
 	m.mu.Lock()

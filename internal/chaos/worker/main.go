@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -73,11 +74,15 @@ func run() int {
 			names[strings.TrimPrefix(eps[i], "http://")] = name
 		}
 	}
+	ops := &opLog{prefix: *key + "/", names: names}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(notePeer)},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(notePeer, ops.unary),
+			grpc.WithChainStreamInterceptor(ops.stream),
+		},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
@@ -105,6 +110,7 @@ func run() int {
 	}
 	for seq := int64(1); ctx.Err() == nil; seq++ {
 		rec := w.call(ctx, seq)
+		rec.Ops = ops.drain()
 		line, _ := json.Marshal(rec) // a Record always encodes
 		// One write per line: a worker killed mid-way leaves whole lines.
 		if _, err := f.Write(append(line, '\n')); err != nil {
@@ -136,13 +142,20 @@ type worker struct {
 // call runs one WithLock and records it.
 func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 	rec := chaos.Record{Node: w.node, Seq: seq, Call: chaos.Now()}
-	// The Lost event can come from the lease's goroutine.
+	// The Lost and Renewed events can come from the lease's goroutine.
 	var acq, token, lostEvent, lostCtx atomic.Int64
+	var renewMu sync.Mutex
+	var renewed []int64
 	hook := func(ev microlock.Event) {
 		switch ev.Type {
 		case microlock.Acquired:
 			acq.Store(chaos.Now())
 			token.Store(ev.Token)
+		case microlock.Renewed:
+			t := chaos.Now()
+			renewMu.Lock()
+			renewed = append(renewed, t)
+			renewMu.Unlock()
 		case microlock.Lost:
 			lostEvent.CompareAndSwap(0, chaos.Now())
 		}
@@ -168,6 +181,9 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 	rec.End = chaos.Now()
 	rec.Acq, rec.Token = acq.Load(), token.Load()
 	rec.Lost = lostCtx.Load()
+	renewMu.Lock()
+	rec.Renewed = renewed
+	renewMu.Unlock()
 	if t := lostEvent.Load(); t != 0 && (rec.Lost == 0 || t < rec.Lost) {
 		rec.Lost = t
 	}
