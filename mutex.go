@@ -84,7 +84,10 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 // ctx ends first, Lock leaves the queue, removes its key from etcd, and
 // returns an error for which errors.Is(err, ctx.Err()) is true. If its place
 // in the queue is lost while it waits (its lease expired or its key was
-// deleted), Lock returns an error wrapping ErrLockLost.
+// deleted), Lock returns an error wrapping ErrLockLost. After Close, or if
+// Close runs meanwhile, Lock returns an error wrapping ErrClosed. With
+// NoWait, Lock makes one attempt, as TryLock does, and retries only
+// transient errors.
 func (m *Mutex) Lock(ctx context.Context) error {
 	return m.acquire(ctx, true)
 }

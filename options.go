@@ -100,9 +100,12 @@ func WithBackoff(newPolicy func() backoff.BackOff) Option {
 }
 
 // OnEvent registers a hook for this Mutex's lifecycle events: Acquired,
-// Renewed, Released, Lost and Retrying. Hooks run synchronously in the
-// goroutine that caused the event, after the state change they report, and
-// must return quickly and must not call the Mutex's methods. A later OnEvent
+// Renewed, Released, Lost and Retrying. A hook sees its Mutex's events one
+// at a time, in order, after the state change they report. Events caused by
+// a call on the Mutex run on the caller's goroutine; events raised by the
+// renewal loop or key watch that locks share run on a goroutine of the
+// hold's own, so that a slow hook delays only this Mutex's events. Close
+// waits for them: a hook must not call its Mutex's Close. A later OnEvent
 // replaces an earlier one.
 func OnEvent(hook func(Event)) Option {
 	return optionFunc(func(o *options) {
@@ -114,8 +117,10 @@ func OnEvent(hook func(Event)) Option {
 	})
 }
 
-// NoWait makes WithLock fail at once with *AlreadyLockedError when another
-// holder has the lock, instead of waiting for it.
+// NoWait makes WithLock, and Lock on a Mutex made with it, fail at once
+// with *AlreadyLockedError when another holder has the lock, instead of
+// waiting for it: one TryLock, with transient etcd errors retried by the
+// WithBackoff policy.
 func NoWait() Option {
 	return optionFunc(func(o *options) { o.noWait = true })
 }
