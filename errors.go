@@ -23,14 +23,24 @@ var (
 // AlreadyLockedError reports that another holder has the lock. Key is the
 // key the caller passed, Holder the holder's node ID and Token its fencing
 // token. errors.Is(err, ErrLocked) is true for it.
+//
+// Holder alone cannot tell this process's locks apart: with the default node
+// ID (hostname and pid) every Mutex of a process stores the same one.
+// Compare Token with a Mutex's Token to know whether it is that Mutex's hold.
 type AlreadyLockedError struct {
 	Key    string
 	Holder string
 	Token  int64
+
+	note string // says when the holder is the caller itself, or may be
 }
 
 func (e *AlreadyLockedError) Error() string {
-	return fmt.Sprintf("microlock: %s is locked by %s (token %d)", quoteKey(e.Key), quoteKey(e.Holder), e.Token)
+	s := fmt.Sprintf("microlock: %s is locked by %s (token %d)", quoteKey(e.Key), quoteKey(e.Holder), e.Token)
+	if e.note != "" {
+		s += ": " + e.note
+	}
+	return s
 }
 
 // Is makes errors.Is(err, ErrLocked) true.

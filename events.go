@@ -78,6 +78,11 @@ func Watch(ctx context.Context, client *clientv3.Client, key string) (<-chan Eve
 	case key == "":
 		return nil, errors.New("microlock: empty key")
 	}
+	if err := ctx.Err(); err != nil {
+		// No request on a context that is done: the etcd client would
+		// only log its own cancellation.
+		return nil, fmt.Errorf("microlock: watching %s: %w", quoteKey(key), err)
+	}
 	w := &watcher{client: client, key: key, pfx: key + "/"}
 	rev, err := w.read(ctx)
 	if err != nil {

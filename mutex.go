@@ -101,7 +101,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	if err := m.begin(ctx); err != nil {
+	if err := m.begin(ctx, "unlocking"); err != nil {
 		return err
 	}
 	defer m.end()
@@ -283,11 +283,11 @@ func (m *Mutex) notOwner() error {
 
 // begin waits for the Mutex's other operations to finish. end ends the
 // operation.
-func (m *Mutex) begin(ctx context.Context) error {
+func (m *Mutex) begin(ctx context.Context, what string) error {
 	select {
 	case m.op <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("microlock: %s: %w", quoteKey(m.key), ctx.Err())
+		return m.wrapErr(ctx, what, ctx.Err())
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -363,12 +363,13 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	if ctx == nil {
 		return errNilContext
 	}
-	if err := m.begin(ctx); err != nil {
+	if err := m.begin(ctx, "locking"); err != nil {
 		return err
 	}
 	defer m.end()
 	if h := m.current(); h != nil {
-		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load()}
+		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load(),
+			note: "this Mutex holds it (locks are not reentrant)"}
 	}
 	if last := m.last(); last != nil {
 		last.finish() // a lost hold's goroutine and lease reference
@@ -595,7 +596,11 @@ func (m *Mutex) tryLease(ctx context.Context) error {
 		if len(kvs) == 0 { // cannot happen: the compare saw a key at this revision
 			return fmt.Errorf("microlock: locking %s: the holder vanished", quoteKey(m.key))
 		}
-		return &AlreadyLockedError{Key: m.key, Holder: string(kvs[0].Value), Token: kvs[0].CreateRevision}
+		e := &AlreadyLockedError{Key: m.key, Holder: string(kvs[0].Value), Token: kvs[0].CreateRevision}
+		if e.Holder == m.opts.nodeID {
+			e.note = "another lock with this Mutex's node ID, maybe in this process"
+		}
+		return e
 	}
 	return m.held(actx, h, resp.Header.Revision)
 }

@@ -26,6 +26,10 @@ import (
 // error wraps ErrLockLost (and fn's error, if any). A failed release is
 // returned when fn succeeded.
 //
+// Locks are not reentrant: a WithLock on the same key and client inside fn,
+// with fn's ctx, fails at once with *AlreadyLockedError instead of waiting
+// for itself.
+//
 // Bad arguments and options are reported before any I/O. The lease behind
 // the lock is shared with other locks of the same client and TTL, and kept
 // for a few seconds after use, so that a loop of WithLock calls costs two
@@ -36,6 +40,13 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 	}
 	if fn == nil {
 		return errors.New("microlock: nil fn")
+	}
+	if outer, ok := FromContext(ctx); ok && outer.client == client && outer.key == key {
+		if h := outer.current(); h != nil {
+			// Waiting would wait for ourselves until ctx ends.
+			return &AlreadyLockedError{Key: key, Holder: outer.opts.nodeID, Token: h.rev.Load(),
+				note: "held by the WithLock whose fn this ctx comes from (locks are not reentrant)"}
+		}
 	}
 	m, err := New(client, key, opts...)
 	if err != nil {

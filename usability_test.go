@@ -1,0 +1,106 @@
+package microlock_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/microlock/microlock"
+)
+
+// TestReentrantWithLock: a WithLock nested on the same key and client, with
+// fn's ctx, fails at once instead of waiting for itself.
+func TestReentrantWithLock(t *testing.T) {
+	c := client(t)
+	key := testKey(t)
+	ctx := ctxTimeout(t, 10*time.Second)
+	err := microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
+		outer, _ := microlock.FromContext(ctx)
+		start := time.Now()
+		err := microlock.WithLock(ctx, c, key, func(context.Context) error {
+			t.Error("the nested fn ran")
+			return nil
+		})
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("the nested WithLock took %v", d)
+		}
+		var already *microlock.AlreadyLockedError
+		if !errors.As(err, &already) || already.Token != outer.Token() {
+			t.Errorf("nested WithLock = %v, want *AlreadyLockedError with the outer token", err)
+		}
+		if !strings.Contains(err.Error(), "reentrant") {
+			t.Errorf("nested WithLock's message %q does not say why", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another key inside fn is fine.
+	err = microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
+		return microlock.WithLock(ctx, c, key+"-other", func(context.Context) error { return nil })
+	})
+	if err != nil {
+		t.Fatalf("WithLock on another key inside fn: %v", err)
+	}
+}
+
+// TestOwnHoldMessage: TryLock on a Mutex that holds the lock says so.
+func TestOwnHoldMessage(t *testing.T) {
+	m := newMutex(t, client(t), testKey(t))
+	ctx := ctxTimeout(t, 10*time.Second)
+	if err := m.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, f := range map[string]func(context.Context) error{"TryLock": m.TryLock, "Lock": m.Lock} {
+		err := f(ctx)
+		var already *microlock.AlreadyLockedError
+		if !errors.As(err, &already) || already.Token != m.Token() || !strings.Contains(err.Error(), "this Mutex") {
+			t.Errorf("%s on a held Mutex = %v, want *AlreadyLockedError saying this Mutex holds it", name, err)
+		}
+	}
+}
+
+// TestDoneContextNoRequest: a ctx that is already done makes no request, so
+// the etcd client logs nothing, and the error matches ctx.Err().
+func TestDoneContextNoRequest(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	c, err := clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	key := testKey(t)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel2 := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel2()
+	<-expired.Done()
+	for _, ctx := range []context.Context{cancelled, expired} {
+		m := newMutex(t, c, key)
+		if err := m.Lock(ctx); !errors.Is(err, ctx.Err()) {
+			t.Errorf("Lock = %v, want %v", err, ctx.Err())
+		}
+		if err := m.TryLock(ctx); !errors.Is(err, ctx.Err()) {
+			t.Errorf("TryLock = %v, want %v", err, ctx.Err())
+		}
+		if err := microlock.WithLock(ctx, c, key, func(context.Context) error { return nil }); !errors.Is(err, ctx.Err()) {
+			t.Errorf("WithLock = %v, want %v", err, ctx.Err())
+		}
+		if _, err := microlock.Watch(ctx, c, key); !errors.Is(err, ctx.Err()) {
+			t.Errorf("Watch = %v, want %v", err, ctx.Err())
+		}
+	}
+	for _, e := range logs.FilterLevelExact(zap.WarnLevel).All() {
+		t.Errorf("the etcd client logged: %s %v", e.Message, e.ContextMap())
+	}
+	if n := len(logs.FilterLevelExact(zap.ErrorLevel).All()); n > 0 {
+		t.Errorf("the etcd client logged %d errors", n)
+	}
+}
