@@ -71,8 +71,11 @@ func (m *Mutex) NodeID() string { return m.opts.nodeID }
 // TryLock makes one attempt to take the lock, in one etcd request while the
 // client's lease is live. If another holder has it, TryLock returns an
 // *AlreadyLockedError with the holder's node ID and token. TryLock does not
-// retry transient etcd errors. If this Mutex already holds the lock, it
-// returns an *AlreadyLockedError naming this node.
+// retry transient etcd errors; its request times out after a fraction of the
+// TTL, so that an etcd member that is paused or cut off costs the caller a
+// retry rather than its whole ctx (errors.Is(err, context.DeadlineExceeded)
+// is then true). If this Mutex already holds the lock, it returns an
+// *AlreadyLockedError naming this node.
 func (m *Mutex) TryLock(ctx context.Context) error {
 	return m.acquire(ctx, false)
 }
@@ -94,9 +97,12 @@ func (m *Mutex) Lock(ctx context.Context) error {
 
 // Unlock releases the lock, in one etcd request. It returns an error wrapping
 // ErrNotOwner if this Mutex does not hold the lock (also wrapping
-// ErrLockLost if the hold was lost). If etcd cannot be reached, the hold
-// still ends here and now, Unlock returns the error, and the key is deleted
-// in the background or expires with its lease.
+// ErrLockLost if the hold was lost). A request that fails for a transient
+// reason, or that an etcd member does not answer within a fraction of the
+// TTL, is retried, on another member, while ctx and the hold last, with the
+// WithBackoff policy. If etcd cannot be reached, the hold still ends here and
+// now, Unlock returns the error, and the key is deleted in the background or
+// expires with its lease.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	if ctx == nil {
 		return errNilContext
@@ -320,14 +326,41 @@ func (m *Mutex) onClose(cancel context.CancelCauseFunc) bool {
 }
 
 // release deletes the hold's key if it still has the hold's revision.
+//
+// Each attempt is bounded by attemptTimeout and transient failures are
+// retried, within ctx and while the hold lasts (its lease's deadline bounds
+// the retries even when ctx does not): the client balances requests over its
+// endpoints round-robin, so the retry goes to another member, and a paused or
+// cut-off member costs a retry rather than the whole of ctx.
 func (m *Mutex) release(ctx context.Context, h *hold) error {
 	rev := h.rev.Load()
 	h.releasing.Store(true)
-	resp, err := m.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
-		Then(clientv3.OpDelete(h.key)).
-		Commit()
-	err = timedOut(ctx, err)
+	r := &retrier{m: m, what: "releasing"}
+	// maybe records that an attempt failed in a way that may have deleted
+	// the key all the same (a timeout, a lost connection). A later attempt
+	// that finds the key gone cannot tell that deletion from someone
+	// else's, and must not call it a loss: the delete is guarded by the
+	// create revision, so it can only have removed this hold's key, and the
+	// lock is free either way.
+	maybe := false
+	var resp *clientv3.TxnResponse
+	var err error
+	for {
+		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
+		resp, err = m.client.Txn(actx).
+			If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
+			Then(clientv3.OpDelete(h.key)).
+			Commit()
+		err = timedOut(actx, err)
+		cancel()
+		if err == nil {
+			break
+		}
+		maybe = maybe || keyUnknown(ctx, err) == keyMaybe
+		if h.ctx.Err() != nil || !r.retry(ctx, err) {
+			break
+		}
+	}
 	switch {
 	case err != nil:
 		// The hold ends here either way; the renewal loop keeps trying to
@@ -339,14 +372,14 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 			h.emit(Event{Type: Released, Err: err})
 		}
 		return err
-	case !resp.Succeeded:
+	case !resp.Succeeded && !maybe:
 		lost := h.lose("its key was gone when it was released", nil)
 		h.finish()
 		if lost {
 			h.emitLost()
 		}
 		return m.notOwner()
-	default:
+	default: // deleted now, or by an earlier attempt
 		h.gone.Store(true)
 		released := h.end(errReleased)
 		h.finish()
@@ -412,8 +445,9 @@ func (m *Mutex) tryRetrying(ctx context.Context) error {
 // policy starts each retry sequence: reset is called after every step that
 // succeeded.
 type retrier struct {
-	m  *Mutex
-	bo backoff.BackOff
+	m    *Mutex
+	what string // what is retried, for the Retrying event: "locking" if empty
+	bo   backoff.BackOff
 }
 
 // retry reports a transient error as a Retrying event, sleeps as long as the
@@ -431,7 +465,11 @@ func (r *retrier) retry(ctx context.Context, err error) bool {
 		return false
 	}
 	if hook := r.m.opts.hook; hook != nil {
-		hook(Event{Type: Retrying, Key: r.m.key, Holder: r.m.opts.nodeID, Err: fmt.Errorf("microlock: locking %s: %w", quoteKey(r.m.key), err)})
+		what := r.what
+		if what == "" {
+			what = "locking"
+		}
+		hook(Event{Type: Retrying, Key: r.m.key, Holder: r.m.opts.nodeID, Err: fmt.Errorf("microlock: %s %s: %w", what, quoteKey(r.m.key), err)})
 	}
 	t := time.NewTimer(pause)
 	defer t.Stop()
@@ -575,11 +613,17 @@ func (m *Mutex) tryLease(ctx context.Context) error {
 	}
 	defer a.stop()
 	h, actx := a.h, a.ctx
-	resp, err := m.client.Txn(actx).
+	// A member that is paused or cut off would hold the request for the
+	// whole of ctx: the attempt times out instead, with a transient error
+	// whose retry (the caller's) goes to another member.
+	tctx, cancel := withTimer(actx, attemptTimeout(h.lease.ttl))
+	resp, err := m.client.Txn(tctx).
 		If(clientv3.Compare(clientv3.CreateRevision(m.pfx), "=", 0).WithPrefix()).
 		Then(clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id))).
 		Else(clientv3.OpGet(m.pfx, clientv3.WithFirstCreate()...)).
 		Commit()
+	err = timedOut(tctx, err)
+	cancel()
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		h.lease.gone()
 		m.abandon(h, keyAbsent)

@@ -2,10 +2,15 @@ package microlock
 
 import (
 	"context"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -108,14 +113,28 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 // 100 ms, and under contention the revision has always moved on by the time
 // the watch is created. What happened between p.readAt and the watches'
 // start is read once instead, after both are in place.
+//
+// Creating the watches and that read are each bounded by attemptTimeout: a
+// member that is paused or cut off never answers, and the waiter (and every
+// waiter behind it) would wait for as long as ctx lasts. A timeout is a
+// transient error; the caller retries, and the retry goes to another member.
 func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
+	d := attemptTimeout(h.lease.ttl)
 	// WithRequireLeader: a member cut off from its cluster closes the watch
 	// instead of keeping it silently stale.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
+	wctx := clientv3.WithRequireLeader(ctx)
+	gen := watchGen.Load()
+	if gen != 0 {
+		wctx = metadata.AppendToOutgoingContext(wctx, watchGenKey, strconv.FormatUint(gen, 10))
+	}
+	wctx, cancel := context.WithCancelCause(wctx)
+	defer cancel(nil)
+	// Armed before Watch, which itself waits for the "created" reply.
+	created := time.AfterFunc(d, func() { cancel(errTimedOut) })
+	defer created.Stop()
 	predCh := m.client.Watch(wctx, p.pred, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
 	ownCh := m.client.Watch(wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-	created, startRev := 0, int64(0)
+	nCreated, startRev := 0, int64(0)
 	for {
 		var wr clientv3.WatchResponse
 		var ok, own bool
@@ -127,6 +146,17 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 		if !ok {
 			if ctx.Err() != nil {
 				return false, ctx.Err()
+			}
+			if errors.Is(context.Cause(wctx), errTimedOut) {
+				// The etcd client runs the watches whose contexts carry
+				// the same metadata on one gRPC stream, and keeps a stream
+				// whose watch creation is pending as long as its member
+				// does not answer: a new watch would queue behind the
+				// stuck one. Later waiters move to a new stream, which the
+				// balancer opens on the next member; the stuck one goes
+				// when its member answers or the client is closed.
+				watchGen.CompareAndSwap(gen, gen+1)
+				return false, errTimedOut
 			}
 			return false, errWatchClosed
 		}
@@ -142,11 +172,20 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 			continue
 		}
 		startRev = max(startRev, wr.Header.Revision)
-		if created++; created < 2 || startRev <= p.readAt {
-			continue // nothing can have been missed (yet)
+		if nCreated++; nCreated < 2 {
+			continue
 		}
-		// Both watches are in place: read what happened before they were.
-		resp, err := m.client.Txn(ctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
+		// Both watches are in place, and may now wait as long as the lock
+		// is held.
+		created.Stop()
+		if startRev <= p.readAt {
+			continue // nothing can have been missed
+		}
+		// Read what happened before the watches were in place.
+		tctx, tcancel := withTimer(ctx, d)
+		resp, err := m.client.Txn(tctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
+		err = timedOut(tctx, err)
+		tcancel()
 		if err != nil {
 			return false, err
 		}
@@ -158,6 +197,15 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 		}
 	}
 }
+
+// watchGen numbers the gRPC stream that waiters' watches share, in the
+// metadata key watchGenKey from 1 on; it moves on when a watch's creation
+// times out. It is one for the process, not one per client: moving a
+// healthy client's waiters to a new stream costs one stream, which closes
+// when its watches end.
+var watchGen atomic.Uint64
+
+const watchGenKey = "microlock-watch-stream"
 
 // exists reports whether kvs, a read of one key, found it as created at
 // rev: a key of the same name created later is another place in the queue.
