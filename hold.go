@@ -25,6 +25,10 @@ type hold struct {
 	// releasing is set while Unlock deletes the key: the watch then leaves
 	// the verdict on the deletion it sees to the release's own answer.
 	releasing atomic.Bool
+	// uncertain is set when a write of the key timed out and was retried:
+	// that write may still land, even after the hold ended and its key was
+	// deleted. Once the hold ends its key is then a suspect of the lease.
+	uncertain atomic.Bool
 
 	ctx    context.Context // cancelled, with the reason, when the hold ends
 	cancel context.CancelCauseFunc

@@ -380,7 +380,12 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 		}
 		return m.notOwner()
 	default: // deleted now, or by an earlier attempt
-		h.gone.Store(true)
+		if h.uncertain.Load() {
+			h.lease.suspect(h)
+			h.lease.retire()
+		} else {
+			h.gone.Store(true)
+		}
 		released := h.end(errReleased)
 		h.finish()
 		if released {
@@ -528,6 +533,9 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 			h.lease.gone()
 			m.abandon(h, keyAbsent)
 			return errStaleLease
+		}
+		if keyUnknown(ctx, err) == keyMaybe {
+			h.uncertain.Store(true)
 		}
 		if h.ctx.Err() == nil && r.retry(ctx, err) {
 			continue
@@ -699,6 +707,9 @@ func (m *Mutex) abandon(h *hold, state keyState) {
 		h.gone.Store(true)
 		h.lease.retire()
 	case keyPresent, keyMaybe:
+		if h.uncertain.Load() {
+			state = keyMaybe
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), abandonTimeout)
 		_, err := m.client.Delete(ctx, h.key)
 		cancel()
