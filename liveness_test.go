@@ -713,3 +713,38 @@ func assertHolds(t *testing.T, r *rig, key string, m *microlock.Mutex) {
 		t.Fatalf("keys after Unlock: %q, want none", keys)
 	}
 }
+
+// TestLivenessWatchPausedAfterCreate: a waiter whose watches were created on
+// a member that pauses afterwards hears nothing from them; it reads the
+// queue again every recheck interval (half the TTL, at least 1 s), and so
+// takes the lock the holder released through another member.
+func TestLivenessWatchPausedAfterCreate(t *testing.T) {
+	r := newRig(t)
+	defer r.resume()
+	key := testKey(t)
+	ctx := ctxTimeout(t, 20*time.Second)
+	holder := newMutex(t, r.direct, key)
+	if err := holder.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := r.probe(t, probeHooks{})
+	waiter := newMutex(t, p.Client, key, opts()...)
+	wctx := ctxTimeout(t, 3*stallCtx)
+	errc := timed(func() error { return waiter.Lock(wctx) })
+	for _, all := p.createdElsewhere(); all < 2; _, all = p.createdElsewhere() {
+		time.Sleep(10 * time.Millisecond) // both watches, on the member to pause
+	}
+	p.pause()
+	p.widen(t, errc)
+	if err := holder.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	released := time.Now()
+	took, err := within(t, errc, released)
+	t.Logf("the waiter's Lock returned %v, %v after the holder's release", err, took.Round(time.Millisecond))
+	// One recheck interval, then at worst a few attempt timeouts.
+	if bound := 4 * time.Second; err != nil || took > bound {
+		t.Fatalf("waiter's Lock = %v %v after the release, want nil within %v", err, took.Round(time.Millisecond), bound)
+	}
+	assertHolds(t, r, key, waiter)
+}

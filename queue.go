@@ -135,6 +135,12 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 	predCh := m.client.Watch(wctx, p.pred, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
 	ownCh := m.client.Watch(wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
 	nCreated, startRev := 0, int64(0)
+	// Once the watches are in place, the queue is read again every
+	// recheckEvery: a member that pauses after it created them delivers
+	// nothing, and nothing else would tell.
+	recheck := time.NewTimer(time.Hour)
+	recheck.Stop()
+	defer recheck.Stop()
 	for {
 		var wr clientv3.WatchResponse
 		var ok, own bool
@@ -142,6 +148,19 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 		case wr, ok = <-predCh:
 		case wr, ok = <-ownCh:
 			own = true
+		case <-recheck.C:
+			ownGone, predGone, err := m.readPlace(ctx, h, p, d)
+			switch {
+			case err != nil:
+				return false, err
+			case ownGone || predGone:
+				// The watch missed it: its stream is stale. Later
+				// waiters move to a new one.
+				watchGen.CompareAndSwap(gen, gen+1)
+				return ownGone, nil
+			}
+			recheck.Reset(recheckEvery(h.lease.ttl))
+			continue
 		}
 		if !ok {
 			if ctx.Err() != nil {
@@ -178,25 +197,36 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 		// Both watches are in place, and may now wait as long as the lock
 		// is held.
 		created.Stop()
+		recheck.Reset(recheckEvery(h.lease.ttl))
 		if startRev <= p.readAt {
 			continue // nothing can have been missed
 		}
 		// Read what happened before the watches were in place.
-		tctx, tcancel := withTimer(ctx, d)
-		resp, err := m.client.Txn(tctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
-		err = timedOut(tctx, err)
-		tcancel()
-		if err != nil {
-			return false, err
-		}
-		if !exists(resp.Responses[1].GetResponseRange().Kvs, p.rev) {
-			return true, nil
-		}
-		if !exists(resp.Responses[0].GetResponseRange().Kvs, p.predRev) {
-			return false, nil
+		ownGone, predGone, err := m.readPlace(ctx, h, p, d)
+		if err != nil || ownGone || predGone {
+			return ownGone, err
 		}
 	}
 }
+
+// readPlace reads whether h's key and its predecessor are still there, in
+// one request bounded by d.
+func (m *Mutex) readPlace(ctx context.Context, h *hold, p place, d time.Duration) (ownGone, predGone bool, err error) {
+	tctx, tcancel := withTimer(ctx, d)
+	resp, err := m.client.Txn(tctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
+	err = timedOut(tctx, err)
+	tcancel()
+	if err != nil {
+		return false, false, err
+	}
+	ownGone = !exists(resp.Responses[1].GetResponseRange().Kvs, p.rev)
+	predGone = !exists(resp.Responses[0].GetResponseRange().Kvs, p.predRev)
+	return ownGone, predGone, nil
+}
+
+// recheckEvery is how often a waiter reads the queue again while its
+// watches are quiet: half the TTL, at least a second.
+func recheckEvery(ttl time.Duration) time.Duration { return max(ttl/2, time.Second) }
 
 // watchGen numbers the gRPC stream that waiters' watches share, in the
 // metadata key watchGenKey from 1 on; it moves on when a watch's creation
