@@ -444,7 +444,21 @@ func TestKeyWatchNamespacedClient(t *testing.T) {
 	if err := m1.TryLock(ctx); !errors.Is(err, microlock.ErrLocked) {
 		t.Fatalf("TryLock of the former holder = %v, want ErrLocked", err)
 	}
+	// Lock queues behind the holder, watching its key in the namespace.
+	errc := make(chan error, 1)
+	go func() { errc <- m1.Lock(ctx) }()
+	select {
+	case err := <-errc:
+		t.Fatalf("Lock while another Mutex holds the lock = %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
 	if err := m2.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("Lock after the holder's Unlock: %v", err)
+	}
+	if err := m1.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
