@@ -235,6 +235,6 @@ func (w *keyWatch) unwatchable(h *hold, err error) {
 	}
 	if h.lose("its key can no longer be watched", err) {
 		h.lease.detach(h)
-		h.emitLost()
+		h.emitLostAsync()
 	}
 }
