@@ -161,3 +161,48 @@ func authenticateCalls(t *testing.T, url string) float64 {
 	}
 	return n
 }
+
+// TestAuthRenewalsOutliveTheirToken: the renewal stream stays open from one
+// renewal to the next, and etcd checks the token it was opened with at every
+// renewal. When etcd forgets that token (here: the user's password was
+// changed, to the same one, which drops every token of the user), renewals,
+// automatic and by Mutex.Renew, go on, on a stream opened with a new token,
+// and the hold is not lost.
+func TestAuthRenewalsOutliveTheirToken(t *testing.T) {
+	a := startAuth(t)
+	root := a.as(t, "root")
+	w, calls := a.counting(t, "writer")
+	ctx := ctxTimeout(t, 30*time.Second)
+	log := &eventLog{}
+	m := newMutex(t, w, authPrefix+t.Name(), microlock.WithTTL(2*time.Second), microlock.OnEvent(log.hook))
+	if err := m.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Renew(ctx); err != nil { // the renewal stream is open
+		t.Fatal(err)
+	}
+	calls.snapshot()
+	if _, err := root.UserChangePassword(ctx, "writer", "writer-pw"); err != nil {
+		t.Fatal(err)
+	}
+	// Automatic renewals first: one that failed would end the hold.
+	want := log.count(microlock.Renewed) + 2
+	for deadline := time.Now().Add(10 * time.Second); log.count(microlock.Renewed) < want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 2 automatic renewals in 10 s after the token was dropped (hold: %v)", m.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := m.Renew(ctx); err != nil {
+		t.Fatalf("Renew after the token was dropped: %v", err)
+	}
+	if err := m.Err(); err != nil {
+		t.Fatalf("the hold was lost: %v", err)
+	}
+	if n := calls.snapshot()["Authenticate"]; n < 1 {
+		t.Fatalf("the client sent %d Authenticate calls after its token was dropped: the check proves nothing", n)
+	}
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
