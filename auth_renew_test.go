@@ -15,13 +15,14 @@ import (
 
 // maxAuthenticates is the most Authenticate calls a phase of
 // TestAuthRenewalsDoNotAuthenticate may cost the server, whatever its number
-// of renewals: one for each long-lived stream a lease may open (its
-// renewals', its keys' watch), none per request.
+// of renewals or waits: one for each long-lived stream a lease may open in
+// one phase (its renewals', its keys' watch; the client's watch stream that
+// its waits share), none per request.
 const maxAuthenticates = 2
 
 // TestAuthRenewalsDoNotAuthenticate: with username/password authentication,
-// lock cycles and renewals, explicit (Mutex.Renew) and automatic, do not each
-// cost the server an Authenticate call. Authenticate is dear: etcd checks
+// lock cycles, renewals, explicit (Mutex.Renew) and automatic, and Locks that
+// wait in a queue do not each cost the server an Authenticate call. Authenticate is dear: etcd checks
 // the password with bcrypt and then commits a new token through raft. The
 // etcd client authenticates again every time it opens a gRPC stream, so a
 // request sent on a stream of its own costs one. The calls are counted by the
@@ -96,11 +97,23 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Not asserted, for the record: a Lock that waits watches its
-	// predecessor's key through the client's Watch, which opens a watch
-	// stream when the client has none open, and so authenticates.
+	// A Lock that waits watches its predecessor's key through the client's
+	// Watch, which opens a watch stream when the client has none open, and
+	// so authenticates; the lease keeps one watch open once a hold of it
+	// has waited, so that the stream stays open from one wait to the next.
+	// The other client's lease opens its streams first, out of the count:
+	// a Lock, a Renew (its renewal stream) and an Unlock.
 	other := newMutex(t, a.as(t, "writer"), key, microlock.WithTTL(2*time.Second))
-	phase(fmt.Sprintf("%d Locks that waited for a holder", waits), false, func() {
+	if err := other.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	phase(fmt.Sprintf("%d Locks that waited for a holder", waits), true, func() {
 		for range waits {
 			if err := other.Lock(ctx); err != nil {
 				t.Fatal(err)

@@ -179,7 +179,10 @@ type lease struct {
 	wake   chan struct{}  // refs hit zero, retired, orphans added, or expired
 	done   chan struct{}  // closed when run returns
 
-	renewer *renewStream // carries the renewals, on one stream
+	// renewer carries the renewals, on one stream; anchor keeps the
+	// client's watch stream open between waits in a queue.
+	renewer *renewStream
+	anchor  waitAnchor
 }
 
 // grant asks etcd for a new lease. The local deadline counts from the
@@ -451,6 +454,7 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 func (l *lease) run() {
 	defer close(l.done)
 	defer l.watch.stop()
+	defer l.anchor.stop()
 	defer l.renewer.close() // after the last renewal the loop started
 	defer func() {
 		l.mu.Lock()

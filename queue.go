@@ -110,7 +110,9 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 // start is read once instead, after both are in place.
 func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
 	// WithRequireLeader: a member cut off from its cluster closes the watch
-	// instead of keeping it silently stale.
+	// instead of keeping it silently stale. The lease's anchor, with the same
+	// metadata, keeps the client's watch stream open for the next wait.
+	h.lease.anchorWaits(m.pfx)
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	predCh := m.client.Watch(wctx, p.pred, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
