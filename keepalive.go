@@ -160,14 +160,14 @@ type lease struct {
 	ended     bool
 	retired   bool // takes no new holds; revoked once unused
 	holds     map[*hold]struct{}
-	orphans   map[*hold]int64   // holds whose key's release failed → its create revision (0: unknown)
+	orphans   map[*hold]int64 // holds whose key's release failed → its create revision (0: unknown)
 	// suspects are abandoned attempts whose write's outcome is unknown: the
 	// write may still land after the attempt gave up, even after its own
 	// delete, and leave a key that nobody owns at the head of a queue. Their
 	// keys are deleted after every renewal for as long as the lease lives;
 	// their slots are never reused, so whatever is at such a key is theirs.
 	suspects map[*hold]struct{}
-	slots     map[slot]struct{} // the key slots in use
+	slots    map[slot]struct{} // the key slots in use
 	// timer fires at the deadline. It runs apart from the renewal loop, so
 	// that nothing the loop waits for (a hook, a request) can delay the loss
 	// signal; it only cancels, and leaves the Lost events to the loop.
