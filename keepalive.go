@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -178,6 +179,15 @@ type lease struct {
 	watch  *keyWatch      // the holds' keys, watched for deletion
 	wake   chan struct{}  // refs hit zero, retired, orphans added, or expired
 	done   chan struct{}  // closed when run returns
+
+	// renewer carries the renewals, on one stream; anchor keeps the
+	// client's watch stream open between waits in a queue.
+	renewer *renewStream
+	anchor  waitAnchor
+	// waitGen numbers the gRPC watch stream that waits on this lease share
+	// (see waitDelete); it moves on when a watch's creation times out, so
+	// that later waits leave a stream stuck on a paused member.
+	waitGen atomic.Uint64
 }
 
 // grant asks etcd for a new lease. The local deadline counts from the
@@ -205,6 +215,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		suspects: make(map[*hold]struct{}),
 		slots:    make(map[slot]struct{}),
 		watch:    newKeyWatch(k.client),
+		renewer:  newRenewStream(k.client),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}, nil
@@ -400,20 +411,40 @@ func (l *lease) extend(t0 time.Time, ttl time.Duration) {
 // keepAliveOnce renews the lease once. Both ways etcd says that it no longer
 // knows the lease, an ErrLeaseNotFound error (what the etcd client returns)
 // and a TTL of zero or less, come back as errLeaseGone.
+//
+// It sends on the lease's one renewal stream (see renewStream), one renewal
+// at a time, bounded by ctx; an error that ctx ended is returned through
+// timedOut. Only a response to the request sent at t0 extends the deadline,
+// to lossDeadline(t0, the TTL granted). Once the renewal loop has ended, so
+// has the lease, and every hold on it: that comes back as errLeaseGone too.
+//
+// One attempt lasts at most attemptTimeout, whatever ctx allows: a renewal
+// that hangs on a member that is paused or cut off must not keep the
+// others, the loop's among them, waiting for their turn. A caller whose ctx
+// allows more (Mutex.Renew, say) tries again, on a new stream, which
+// usually goes to another member.
 func (l *lease) keepAliveOnce(ctx context.Context) error {
-	t0 := time.Now()
-	resp, err := l.client.KeepAliveOnce(ctx, l.id)
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return errLeaseGone
+	for {
+		actx, cancel := withTimer(ctx, attemptTimeout(l.ttl))
+		t0, resp, err := l.renewer.renew(actx, l.id)
+		err = timedOut(actx, err)
+		cancel()
+		if errors.Is(err, errTimedOut) && ctx.Err() == nil {
+			continue
+		}
+		err = timedOut(ctx, err)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, errRenewClosed) {
+			return errLeaseGone
+		}
+		if err != nil {
+			return err
+		}
+		if resp.TTL <= 0 {
+			return errLeaseGone
+		}
+		l.extend(t0, time.Duration(resp.TTL)*time.Second)
+		return nil
 	}
-	if err != nil {
-		return err
-	}
-	if resp.TTL <= 0 {
-		return errLeaseGone
-	}
-	l.extend(t0, time.Duration(resp.TTL)*time.Second)
-	return nil
 }
 
 var errLeaseGone = errors.New("lease expired or revoked on the server")
@@ -428,6 +459,8 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 func (l *lease) run() {
 	defer close(l.done)
 	defer l.watch.stop()
+	defer l.anchor.stop()
+	defer l.renewer.close() // after the last renewal the loop started
 	defer func() {
 		l.mu.Lock()
 		if l.timer.Stop() {

@@ -130,7 +130,8 @@ func (l *eventLog) of(typ microlock.EventType) []microlock.Event {
 }
 
 // rpcCounter counts the etcd requests a client makes, by gRPC method: unary
-// calls, and streams opened (LeaseKeepAlive, Watch).
+// calls, keepalives (requests sent on LeaseKeepAlive streams, however many
+// streams carry them) and watch streams opened.
 type rpcCounter struct {
 	mu sync.Mutex
 	n  map[string]int
@@ -167,6 +168,13 @@ func countingClient(t testing.TB) (*clientv3.Client, *rpcCounter) {
 				return invoker(ctx, method, req, reply, cc, opts...)
 			}),
 			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				if strings.HasSuffix(method, "/LeaseKeepAlive") {
+					s, err := streamer(ctx, desc, cc, method, opts...)
+					if err != nil {
+						return nil, err
+					}
+					return &sendCounter{ClientStream: s, rc: rc, method: method}, nil
+				}
 				rc.add(method)
 				return streamer(ctx, desc, cc, method, opts...)
 			}),
@@ -177,6 +185,18 @@ func countingClient(t testing.TB) (*clientv3.Client, *rpcCounter) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c, rc
+}
+
+// sendCounter counts the requests sent on a stream.
+type sendCounter struct {
+	grpc.ClientStream
+	rc     *rpcCounter
+	method string
+}
+
+func (s *sendCounter) SendMsg(m any) error {
+	s.rc.add(s.method)
+	return s.ClientStream.SendMsg(m)
 }
 
 // gauge counts holders inside a critical section and remembers the most it

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -121,12 +120,14 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
 	d := attemptTimeout(h.lease.ttl)
 	// WithRequireLeader: a member cut off from its cluster closes the watch
-	// instead of keeping it silently stale.
+	// instead of keeping it silently stale. The lease's anchor, with the same
+	// metadata, keeps the client's watch stream open for the next wait.
 	wctx := clientv3.WithRequireLeader(ctx)
-	gen := watchGen.Load()
+	gen := h.lease.waitGen.Load()
 	if gen != 0 {
 		wctx = metadata.AppendToOutgoingContext(wctx, watchGenKey, strconv.FormatUint(gen, 10))
 	}
+	h.lease.anchorWaits(m.pfx, gen)
 	wctx, cancel := context.WithCancelCause(wctx)
 	defer cancel(nil)
 	// Armed before Watch, which itself waits for the "created" reply.
@@ -156,7 +157,7 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 			case ownGone || predGone:
 				// The watch missed it: its stream is stale. Later
 				// waiters move to a new one.
-				watchGen.CompareAndSwap(gen, gen+1)
+				h.lease.waitGen.CompareAndSwap(gen, gen+1)
 				return ownGone, nil
 			}
 			recheck.Reset(recheckEvery(h.lease.ttl))
@@ -174,7 +175,7 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 				// stuck one. Later waiters move to a new stream, which the
 				// balancer opens on the next member; the stuck one goes
 				// when its member answers or the client is closed.
-				watchGen.CompareAndSwap(gen, gen+1)
+				h.lease.waitGen.CompareAndSwap(gen, gen+1)
 				return false, errTimedOut
 			}
 			return false, errWatchClosed
@@ -228,13 +229,8 @@ func (m *Mutex) readPlace(ctx context.Context, h *hold, p place, d time.Duration
 // watches are quiet: half the TTL, at least a second.
 func recheckEvery(ttl time.Duration) time.Duration { return max(ttl/2, time.Second) }
 
-// watchGen numbers the gRPC stream that waiters' watches share, in the
-// metadata key watchGenKey from 1 on; it moves on when a watch's creation
-// times out. It is one for the process, not one per client: moving a
-// healthy client's waiters to a new stream costs one stream, which closes
-// when its watches end.
-var watchGen atomic.Uint64
-
+// watchGenKey is the metadata key that numbers the gRPC stream a lease's
+// waits share (lease.waitGen), from 1 on; 0 sends no key.
 const watchGenKey = "microlock-watch-stream"
 
 // exists reports whether kvs, a read of one key, found it as created at

@@ -1,0 +1,221 @@
+package microlock_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microlock/microlock"
+)
+
+// maxAuthenticates is the most Authenticate calls a phase of
+// TestAuthRenewalsDoNotAuthenticate may cost the server, whatever its number
+// of renewals or waits: one for each long-lived stream a lease may open in
+// one phase (its renewals', its keys' watch; the client's watch stream that
+// its waits share), none per request.
+const maxAuthenticates = 2
+
+// TestAuthRenewalsDoNotAuthenticate: with username/password authentication,
+// lock cycles, renewals, explicit (Mutex.Renew) and automatic, and Locks that
+// wait in a queue do not each cost the server an Authenticate call. Authenticate is dear: etcd checks
+// the password with bcrypt and then commits a new token through raft. The
+// etcd client authenticates again every time it opens a gRPC stream, so a
+// request sent on a stream of its own costs one. The calls are counted by the
+// server, from its gRPC metrics, and by the client, as a cross-check.
+func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
+	const cycles, renewals, autoRenewals, waits = 20, 20, 12, 10
+	a := startAuth(t)
+	metricsURL := a.c.Members[0].ClientURL + "/metrics"
+	w, calls := a.counting(t, "writer")
+	key := authPrefix + t.Name()
+	ctx := ctxTimeout(t, 60*time.Second)
+	log := &eventLog{}
+	// The shortest TTL etcd grants with the harness's election timeout: an
+	// automatic renewal every 2/3 s.
+	m := newMutex(t, w, key, microlock.WithTTL(2*time.Second), microlock.OnEvent(log.hook))
+
+	if n := authenticateCalls(t, metricsURL); n < 1 {
+		t.Fatalf("the server counted %v Authenticate calls after clients logged in: the metric is not the one read here", n)
+	}
+	// phase runs fn and logs the Authenticate calls it cost, as the server
+	// and the client counted them; if asserted, more than maxAuthenticates
+	// fail the test.
+	phase := func(name string, asserted bool, fn func()) {
+		t.Helper()
+		calls.snapshot()
+		before := authenticateCalls(t, metricsURL)
+		fn()
+		server := authenticateCalls(t, metricsURL) - before
+		client := calls.snapshot()["Authenticate"]
+		t.Logf("%s: %v Authenticate calls counted by the server, %d sent by the client", name, server, client)
+		if asserted && server > maxAuthenticates {
+			t.Errorf("%s cost the server %v Authenticate calls, want at most %d", name, server, maxAuthenticates)
+		}
+	}
+
+	phase(fmt.Sprintf("%d lock cycles", cycles), true, func() {
+		for range cycles {
+			if err := m.TryLock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	if err := m.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	phase(fmt.Sprintf("%d calls of Mutex.Renew", renewals), true, func() {
+		for range renewals {
+			if err := m.Renew(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	phase(fmt.Sprintf("%d automatic renewals", autoRenewals), true, func() {
+		want := log.count(microlock.Renewed) + autoRenewals
+		deadline := time.Now().Add(30 * time.Second)
+		for log.count(microlock.Renewed) < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d automatic renewals in 30 s, want %d", autoRenewals-(want-log.count(microlock.Renewed)), autoRenewals)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	if err := m.Err(); err != nil {
+		t.Fatalf("the hold was lost: %v", err)
+	}
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A Lock that waits watches its predecessor's key through the client's
+	// Watch, which opens a watch stream when the client has none open, and
+	// so authenticates; the lease keeps one watch open once a hold of it
+	// has waited, so that the stream stays open from one wait to the next.
+	// The other client's lease opens its streams first, out of the count:
+	// a Lock, a Renew (its renewal stream) and an Unlock.
+	other := newMutex(t, a.as(t, "writer"), key, microlock.WithTTL(2*time.Second))
+	if err := other.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	phase(fmt.Sprintf("%d Locks that waited for a holder", waits), true, func() {
+		for range waits {
+			if err := other.Lock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan error, 1)
+			go func() { got <- m.Lock(ctx) }()
+			time.Sleep(50 * time.Millisecond) // m waits
+			if err := other.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-got; err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Unlock(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// authenticateCalls returns how many Authenticate calls the etcd member whose
+// metrics are at url has handled, whatever their outcome.
+func authenticateCalls(t *testing.T, url string) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No connection kept: nothing left for goleak to find.
+	tr := &http.Transport{DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("reading etcd's metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("reading etcd's metrics: %s", resp.Status)
+	}
+	var n float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "grpc_server_handled_total{") || !strings.Contains(line, `grpc_method="Authenticate"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("etcd's metrics: %q: %v", line, err)
+		}
+		n += v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("reading etcd's metrics: %v", err)
+	}
+	return n
+}
+
+// TestAuthRenewalsOutliveTheirToken: the renewal stream stays open from one
+// renewal to the next, and etcd checks the token it was opened with at every
+// renewal. When etcd forgets that token (here: the user's password was
+// changed, to the same one, which drops every token of the user), renewals,
+// automatic and by Mutex.Renew, go on, on a stream opened with a new token,
+// and the hold is not lost.
+func TestAuthRenewalsOutliveTheirToken(t *testing.T) {
+	a := startAuth(t)
+	root := a.as(t, "root")
+	w, calls := a.counting(t, "writer")
+	ctx := ctxTimeout(t, 30*time.Second)
+	log := &eventLog{}
+	m := newMutex(t, w, authPrefix+t.Name(), microlock.WithTTL(2*time.Second), microlock.OnEvent(log.hook))
+	if err := m.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Renew(ctx); err != nil { // the renewal stream is open
+		t.Fatal(err)
+	}
+	calls.snapshot()
+	if _, err := root.UserChangePassword(ctx, "writer", "writer-pw"); err != nil {
+		t.Fatal(err)
+	}
+	// Automatic renewals first: one that failed would end the hold.
+	want := log.count(microlock.Renewed) + 2
+	for deadline := time.Now().Add(10 * time.Second); log.count(microlock.Renewed) < want; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 2 automatic renewals in 10 s after the token was dropped (hold: %v)", m.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := m.Renew(ctx); err != nil {
+		t.Fatalf("Renew after the token was dropped: %v", err)
+	}
+	if err := m.Err(); err != nil {
+		t.Fatalf("the hold was lost: %v", err)
+	}
+	if n := calls.snapshot()["Authenticate"]; n < 1 {
+		t.Fatalf("the client sent %d Authenticate calls after its token was dropped: the check proves nothing", n)
+	}
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
