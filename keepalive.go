@@ -457,6 +457,15 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 // renewal request runs in a child goroutine so that a hung request cannot
 // hold the loop.
 func (l *lease) run() {
+	// Set when the lease's holds are lost to the deadline or a failed
+	// renewal: after everything else stopped and done is closed, the
+	// goroutine goes on to revoke the lease (see revokeAfterLoss).
+	revoke := false
+	defer func() {
+		if revoke {
+			l.revokeAfterLoss()
+		}
+	}()
 	defer close(l.done)
 	defer l.watch.stop()
 	defer l.anchor.stop()
@@ -539,6 +548,7 @@ func (l *lease) run() {
 				renew.Reset(retry)
 			default:
 				emitLost(l.end("renewing the lease failed", err))
+				revoke = true
 				return
 			}
 
@@ -550,6 +560,7 @@ func (l *lease) run() {
 			l.mu.Unlock()
 			if ended {
 				emitLost(expired)
+				revoke = expired != nil // the deadline passed, not a server answer
 				return
 			}
 			if unused && retired {

@@ -1,0 +1,47 @@
+package microlock
+
+import (
+	"errors"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// revokeLostFor bounds how long a lost lease is still revoked in the
+// background: an etcd outage longer than this leaves the lost holds' keys to
+// expire with the TTL that etcd restores them with.
+const revokeLostFor = time.Hour
+
+// revokeAfterLoss keeps trying to revoke the lease after its holds were
+// declared lost (the deadline passed, or a renewal failed for good) while the
+// process lives on. etcd could not be reached, so it may still keep the
+// lease and its keys; and when it comes back (a restart, a new leader) it
+// restores every lease with a fresh TTL (etcd issue #9395), so a lost hold's
+// key would block its lock for one more TTL after etcd is healthy again. The
+// keys go the moment etcd answers the revoke.
+//
+// It runs on the lease's goroutine after done is closed, so that Close does
+// not wait for an outage to end: it stops when etcd answers, when the
+// client is closed, or after revokeLostFor. Every hold on the lease has ended
+// by now, so nothing still relies on the lease.
+func (l *lease) revokeAfterLoss() {
+	stop := time.Now().Add(revokeLostFor)
+	pause := 100 * time.Millisecond
+	for time.Now().Before(stop) {
+		ctx, cancel := withTimer(l.client.Ctx(), attemptTimeout(l.ttl))
+		_, err := l.client.Revoke(ctx, l.id)
+		err = timedOut(ctx, err)
+		cancel()
+		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || !transient(err) || l.client.Ctx().Err() != nil {
+			return // revoked, gone already, refused for good, or the client closed
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-l.client.Ctx().Done():
+			t.Stop()
+			return
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
