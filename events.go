@@ -52,6 +52,11 @@ func (t EventType) String() string {
 // Event is a change of a lock's state. Key is the key the caller passed.
 // For Watch events Holder and Token describe the holder; for OnEvent events
 // they describe this Mutex and its hold.
+//
+// Err is set on OnEvent's Lost (why the hold ended; it wraps ErrLockLost),
+// Retrying (the transient error) and Released (when etcd could not be told,
+// and the key goes in the background). Watch events never set Err: Watch
+// repairs its own watch errors, and its channel closes only when ctx ends.
 type Event struct {
 	Type   EventType
 	Key    string

@@ -77,9 +77,14 @@ func Example_workerLoop() {
 			// Real work would run here until it is done or ctx is cancelled.
 			return nil
 		}, microlock.WithTTL(5*time.Second), microlock.WithNodeID("worker-1"))
+		// ErrLockLost first: when fn returns ctx.Err() after a loss, the
+		// error also matches context.Canceled, and a lost lock would read
+		// as a shutdown.
 		switch {
 		case errors.Is(err, microlock.ErrLockLost):
 			continue // the work was told to stop; go round again
+		case errors.Is(err, context.Canceled):
+			return // shutting down
 		case err != nil:
 			log.Fatal(err)
 		}

@@ -30,7 +30,7 @@ const (
 	ReleaseTimeout = 5 * time.Second
 )
 
-// An Option configures a Mutex, WithLock or Watch.
+// An Option configures a Mutex (New) or a WithLock call. Watch takes none.
 type Option interface {
 	apply(*options)
 }
