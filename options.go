@@ -105,12 +105,17 @@ func WithBackoff(newPolicy func() backoff.BackOff) Option {
 // a call on the Mutex run on the caller's goroutine; events raised by the
 // renewal loop or key watch that locks share run on a goroutine of the
 // hold's own, so that a slow hook delays only this Mutex's events. Close
-// waits for them: a hook must not call its Mutex's Close. A later OnEvent
-// replaces an earlier one.
+// waits for them: a hook must not call its Mutex's Close. Several OnEvent
+// options all run, in the order given, each event to every hook before the
+// next event.
 func OnEvent(hook func(Event)) Option {
 	return optionFunc(func(o *options) {
 		if hook == nil {
 			o.errs = append(o.errs, errors.New("microlock: nil event hook"))
+			return
+		}
+		if prev := o.hook; prev != nil {
+			o.hook = func(ev Event) { prev(ev); hook(ev) }
 			return
 		}
 		o.hook = hook

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,5 +103,34 @@ func TestDoneContextNoRequest(t *testing.T) {
 	}
 	if n := len(logs.FilterLevelExact(zap.ErrorLevel).All()); n > 0 {
 		t.Errorf("the etcd client logged %d errors", n)
+	}
+}
+
+// TestOnEventCompose: several OnEvent options all run, in order; a later
+// one does not switch off an earlier one (a metrics adapter beside the
+// user's own hook).
+func TestOnEventCompose(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	hook := func(name string) microlock.Option {
+		return microlock.OnEvent(func(ev microlock.Event) {
+			mu.Lock()
+			got = append(got, name+":"+ev.Type.String())
+			mu.Unlock()
+		})
+	}
+	m := newMutex(t, client(t), testKey(t), hook("a"), hook("b"))
+	ctx := ctxTimeout(t, 10*time.Second)
+	if err := m.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"a:acquired", "b:acquired", "a:released", "b:released"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("hooks saw %q, want %q", got, want)
 	}
 }
