@@ -134,3 +134,46 @@ func TestOnEventCompose(t *testing.T) {
 		t.Fatalf("hooks saw %q, want %q", got, want)
 	}
 }
+
+// TestOwnCancellationsQuiet: what the library cancels on its own (a wait
+// given up because ctx ended, the watches of a wait that ended, a release
+// after fn's ctx was cancelled) makes the etcd client log no warning.
+func TestOwnCancellationsQuiet(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	c, err := clientv3.New(clientv3.Config{Endpoints: shared.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	key := testKey(t)
+	holder := newMutex(t, client(t), key)
+	if err := holder.TryLock(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// A wait that its ctx ends.
+	wctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := newMutex(t, c, key).Lock(wctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock = %v, want DeadlineExceeded", err)
+	}
+	// A wait that ends with the lock, and a WithLock whose caller cancels
+	// its ctx while fn runs.
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_ = holder.Unlock(context.Background())
+	}()
+	ctx, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	err = microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
+		cancel2()
+		<-ctx.Done()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("WithLock: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // anything the etcd client logs late
+	for _, e := range logs.All() {
+		t.Errorf("the etcd client logged: %s %v", e.Message, e.ContextMap())
+	}
+}
