@@ -261,8 +261,9 @@ func (c *checker) addRevoked(check string, t int64, count int64, excuse string, 
 const (
 	// ExcusePausedHolder: a stopped process cannot hear its loss signal.
 	ExcusePausedHolder = "its holder was paused while it held the lock"
-	// ExcusePausedWriter: a plain write sent by a worker that woke from a
-	// pause during its hold.
+	// ExcusePausedWriter: a plain write of a worker paused during its hold
+	// before the write was done: sent on waking, or stopped inside the
+	// process on its way out (a pause a moment after the Put was called).
 	ExcusePausedWriter = "its writer was paused while it held the lock"
 	// ExcuseDelayedWrite: a plain write sent while its writer held the lock,
 	// in flight during a member pause, and still when the loss signal came:
@@ -281,7 +282,7 @@ func (c *checker) lateWrite(r *Record) string {
 	for _, f := range c.run.Faults {
 		switch f.Kind {
 		case WorkerPause:
-			if f.Token != 0 && r.Token == f.Token && r.WriteStart >= f.Start {
+			if f.Token != 0 && r.Token == f.Token && r.WriteEnd >= f.Start {
 				return ExcusePausedWriter
 			}
 		case MemberPause:

@@ -644,3 +644,42 @@ func TestCheckRevokedLeaseFallsShort(t *testing.T) {
 }
 
 func fmtNs(t int64) string { return fmt.Sprintf("%.3fs", float64(t)/1e9) }
+
+// TestCheckWriterPausedMidWrite: a worker stopped a moment after it called
+// its plain Put, before the request left the process, sends it on waking,
+// after its hold ended: the same as a write sent on waking (seen in a full
+// run: the pause began 1 ms after the Put was called, and the write landed
+// as the worker resumed). A pause that began after the write was done
+// excuses nothing.
+func TestCheckWriterPausedMidWrite(t *testing.T) {
+	story := func(writeStart, writeEnd int64) *chaos.Result {
+		h := newHistory(chaos.Plain)
+		h.hold("w1", 1, 100)
+		paused := h.acquire("w2", 1, 900)
+		h.read(paused)
+		h.fault(chaos.WorkerPause, "w2", 1000, 4000)
+		h.run.Faults[0].Holding, h.run.Faults[0].Token = true, paused.Token
+		h.release(paused) // the lease expires during the pause
+		h.hold("w3", 1, 3100)
+		h.write(paused, 4001, chaos.WriteUnknown)
+		paused.WriteStart, paused.WriteEnd = ms(writeStart), ms(writeEnd)
+		paused.Lost, paused.FnEnd, paused.End = ms(4002), ms(4003), ms(4004)
+		h.hold("w1", 2, 4100)
+		return h.check()
+	}
+	t.Run("paused mid-write", func(t *testing.T) {
+		res := story(999, 4001)
+		if n := res.Count("write by non-holder", true); n != 1 {
+			t.Errorf("write by non-holder allowed = %d, want 1", n)
+		}
+		if len(res.Forbidden()) != 0 {
+			t.Errorf("forbidden: %+v", res.Forbidden())
+		}
+	})
+	t.Run("paused after the write was done", func(t *testing.T) {
+		res := story(990, 995)
+		if n := res.Count("write by non-holder", false); n != 1 {
+			t.Errorf("write by non-holder forbidden = %d, want 1", n)
+		}
+	})
+}

@@ -144,6 +144,7 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 	rec := chaos.Record{Node: w.node, Seq: seq, Call: chaos.Now()}
 	// The Lost and Renewed events can come from the lease's goroutine.
 	var acq, token, lostEvent, lostCtx atomic.Int64
+	var lostByWrite int64 // set by fn, read after WithLock returns
 	var renewMu sync.Mutex
 	var renewed []int64
 	hook := func(ev microlock.Event) {
@@ -176,7 +177,7 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 				<-noted
 			}
 		}()
-		return w.increment(fctx, &rec)
+		return w.increment(fctx, &rec, &lostByWrite)
 	}, microlock.WithTTL(w.ttl), microlock.WithNodeID(w.node), microlock.OnEvent(hook))
 	rec.End = chaos.Now()
 	rec.Acq, rec.Token = acq.Load(), token.Load()
@@ -184,8 +185,11 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 	renewMu.Lock()
 	rec.Renewed = renewed
 	renewMu.Unlock()
-	if t := lostEvent.Load(); t != 0 && (rec.Lost == 0 || t < rec.Lost) {
-		rec.Lost = t
+	// The loss signal's time is the earliest sighting of it.
+	for _, t := range []int64{lostEvent.Load(), lostByWrite} {
+		if t != 0 && (rec.Lost == 0 || t < rec.Lost) {
+			rec.Lost = t
+		}
 	}
 	if err != nil {
 		rec.Err = err.Error()
@@ -202,7 +206,7 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 //   - fenced relies on the fence alone: its Txn, guarded by IsOwner, is sent
 //     with a context of its own, so a late write does reach etcd, and etcd
 //     must refuse it.
-func (w *worker) increment(ctx context.Context, rec *chaos.Record) error {
+func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int64) error {
 	rec.FnStart = chaos.Now()
 	defer func() { rec.FnEnd = chaos.Now() }()
 	m, ok := microlock.FromContext(ctx)
@@ -259,6 +263,13 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record) error {
 		}
 	}
 	rec.WriteEnd = chaos.Now()
+	if errors.Is(err, context.Canceled) && errors.Is(context.Cause(ctx), microlock.ErrLockLost) {
+		// The write ended because the loss signal cancelled its context:
+		// the signal came before WriteEnd. The AfterFunc and the Lost hook
+		// that note it run on goroutines of their own and may note it
+		// after this, so WriteEnd is the earliest sighting.
+		*lostSeen = rec.WriteEnd
+	}
 	if via.Addr != nil {
 		rec.WriteVia = w.names[via.Addr.String()]
 	}
