@@ -1,16 +1,12 @@
 package microlock_test
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/etcdtest"
 )
 
 // maxAuthenticates is the most Authenticate calls a phase of
@@ -30,7 +26,7 @@ const maxAuthenticates = 2
 func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	const cycles, renewals, autoRenewals, waits = 20, 20, 12, 10
 	a := startAuth(t)
-	metricsURL := a.c.Members[0].ClientURL + "/metrics"
+	member := a.c.Members[0]
 	w, calls := a.counting(t, "writer")
 	key := authPrefix + t.Name()
 	ctx := ctxTimeout(t, 60*time.Second)
@@ -39,7 +35,7 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	// automatic renewal every 2/3 s.
 	m := newMutex(t, w, key, microlock.WithTTL(2*time.Second), microlock.OnEvent(log.hook))
 
-	if n := authenticateCalls(t, metricsURL); n < 1 {
+	if n := authenticateCalls(t, member); n < 1 {
 		t.Fatalf("the server counted %v Authenticate calls after clients logged in: the metric is not the one read here", n)
 	}
 	// phase runs fn and logs the Authenticate calls it cost, as the server
@@ -48,9 +44,9 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	phase := func(name string, asserted bool, fn func()) {
 		t.Helper()
 		calls.snapshot()
-		before := authenticateCalls(t, metricsURL)
+		before := authenticateCalls(t, member)
 		fn()
-		server := authenticateCalls(t, metricsURL) - before
+		server := authenticateCalls(t, member) - before
 		client := calls.snapshot()["Authenticate"]
 		t.Logf("%s: %v Authenticate calls counted by the server, %d sent by the client", name, server, client)
 		if asserted && server > maxAuthenticates {
@@ -134,43 +130,13 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	})
 }
 
-// authenticateCalls returns how many Authenticate calls the etcd member whose
-// metrics are at url has handled, whatever their outcome.
-func authenticateCalls(t *testing.T, url string) float64 {
+// authenticateCalls returns how many Authenticate calls member has handled,
+// whatever their outcome.
+func authenticateCalls(t *testing.T, member *etcdtest.Member) float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	n, err := member.GRPCHandled(ctxTimeout(t, 5*time.Second), "Authenticate")
 	if err != nil {
 		t.Fatal(err)
-	}
-	// No connection kept: nothing left for goleak to find.
-	tr := &http.Transport{DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		t.Fatalf("reading etcd's metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("reading etcd's metrics: %s", resp.Status)
-	}
-	var n float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "grpc_server_handled_total{") || !strings.Contains(line, `grpc_method="Authenticate"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			t.Fatalf("etcd's metrics: %q: %v", line, err)
-		}
-		n += v
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatalf("reading etcd's metrics: %v", err)
 	}
 	return n
 }

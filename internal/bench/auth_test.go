@@ -1,11 +1,7 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -155,48 +151,15 @@ func authClient(b *testing.B, c *etcdtest.Cluster) *clientv3.Client {
 	return cli
 }
 
-// authenticates returns how many Authenticate calls c's member has handled,
-// whatever their outcome, from its gRPC server metrics.
+// authenticates returns how many Authenticate calls the cluster's first
+// member has handled, whatever their outcome.
 func authenticates(b *testing.B, c *etcdtest.Cluster) float64 {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Members[0].ClientURL+"/metrics", nil)
+	n, err := c.Members[0].GRPCHandled(ctx, "Authenticate")
 	if err != nil {
 		b.Fatal(err)
-	}
-	// No connection kept: nothing left for goleak to find.
-	tr := &http.Transport{DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		b.Fatalf("reading etcd's metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b.Fatalf("reading etcd's metrics: %s", resp.Status)
-	}
-	var n float64
-	found := false
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "grpc_server_handled_total{") || !strings.Contains(line, `grpc_method="Authenticate"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			b.Fatalf("etcd's metrics: %q: %v", line, err)
-		}
-		n += v
-		found = true
-	}
-	if err := sc.Err(); err != nil {
-		b.Fatalf("reading etcd's metrics: %v", err)
-	}
-	if !found {
-		b.Fatal("etcd's metrics have no grpc_server_handled_total for Authenticate")
 	}
 	return n
 }
