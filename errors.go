@@ -1,6 +1,7 @@
 package microlock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 )
@@ -72,3 +73,28 @@ func (e *lostError) Unwrap() []error {
 // errReleased is the cause recorded when a hold ends by Unlock. It never
 // reaches users: Err reports nil for it.
 var errReleased = errors.New("microlock: released")
+
+// wrapErr describes an error of an etcd operation. When ctx ended, the
+// error matches ctx's error and its cause: a lost place in the queue
+// (ErrLockLost) or Close (ErrClosed) alone, so that neither reads as the
+// caller's own cancellation; a cause the caller set with
+// context.WithCancelCause together with ctx.Err().
+func (m *Mutex) wrapErr(ctx context.Context, what string, err error) error {
+	if ctx.Err() == nil {
+		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), err)
+	}
+	cause := context.Cause(ctx)
+	if errors.Is(cause, ErrLockLost) || errors.Is(cause, ErrClosed) || errors.Is(cause, ctx.Err()) {
+		return fmt.Errorf("microlock: %s %s: %w", what, quoteKey(m.key), cause)
+	}
+	return fmt.Errorf("microlock: %s %s: %w: %w", what, quoteKey(m.key), ctx.Err(), cause)
+}
+
+// quoteKey quotes a key or a value for a message, shortened if long.
+func quoteKey(k string) string {
+	const max = 64
+	if len(k) > max {
+		return fmt.Sprintf("%q...(%d bytes)", k[:max], len(k))
+	}
+	return fmt.Sprintf("%q", k)
+}

@@ -3,8 +3,11 @@ package microlock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,3 +47,45 @@ func transient(err error) bool {
 	}
 	return false
 }
+
+// retrier retries transient errors with the Mutex's backoff policy. A fresh
+// policy starts each retry sequence: reset is called after every step that
+// succeeded.
+type retrier struct {
+	m    *Mutex
+	what string // what is retried, for the Retrying event: "locking" if empty
+	bo   backoff.BackOff
+}
+
+// retry reports a transient error as a Retrying event, sleeps as long as the
+// policy says and reports true; for any other error, an ended ctx or a
+// stopped policy, it reports false.
+func (r *retrier) retry(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || !transient(err) {
+		return false
+	}
+	if r.bo == nil {
+		r.bo = r.m.opts.newBackoff()
+	}
+	pause := r.bo.NextBackOff()
+	if pause == backoff.Stop {
+		return false
+	}
+	if hook := r.m.opts.hook; hook != nil {
+		what := r.what
+		if what == "" {
+			what = "locking"
+		}
+		hook(Event{Type: Retrying, Key: r.m.key, Holder: r.m.opts.nodeID, Err: fmt.Errorf("microlock: %s %s: %w", what, quoteKey(r.m.key), err)})
+	}
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (r *retrier) reset() { r.bo = nil }
