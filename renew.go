@@ -60,139 +60,175 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 // renewal request runs in a child goroutine so that a hung request cannot
 // hold the loop.
 func (l *lease) run() {
-	// Set when the lease's holds are lost to the deadline or a failed
-	// renewal: after everything else stopped and done is closed, the
-	// goroutine goes on to revoke the lease (see revokeAfterLoss).
-	revoke := false
+	r := &renewLoop{l: l, results: make(chan error, 1), lastSend: l.sent}
 	defer func() {
-		if revoke {
-			l.revokeAfterLoss()
+		if r.revoke {
+			l.revokeAfterLoss() // after done is closed: Close does not wait for it
 		}
 	}()
 	defer close(l.done)
 	defer l.watch.stop()
 	defer l.anchor.stop()
 	defer l.renewer.close() // after the last renewal the loop started
-	defer func() {
-		l.mu.Lock()
-		if l.timer.Stop() {
-			l.timers.Done()
-		}
-		l.mu.Unlock()
-		l.timers.Wait()
-	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-
+	defer l.stopTimer()
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	defer r.wg.Wait()
+	defer r.cancel()
 	// The first renewal is due TTL/3 after the grant was sent, however long
 	// the grant took to come back.
-	renew := time.NewTimer(time.Until(l.sent.Add(l.ttl / 3)))
-	defer renew.Stop()
-	idle := time.NewTimer(leaseLinger)
-	idle.Stop()
-	defer idle.Stop()
-	setIdling := func(on bool) {
-		l.mu.Lock()
-		l.idling = on
-		l.mu.Unlock()
-	}
-
-	results := make(chan error, 1)
-	inflight := false
-	retry := time.Duration(0)
-	lastSend := l.sent
+	r.renew = time.NewTimer(time.Until(l.sent.Add(l.ttl / 3)))
+	defer r.renew.Stop()
+	r.idle = time.NewTimer(leaseLinger)
+	r.idle.Stop()
+	defer r.idle.Stop()
 
 	for {
+		var stop bool
 		select {
 		case <-l.client.Ctx().Done():
 			emitLost(l.end("the etcd client was closed", l.client.Ctx().Err()))
 			return
-
-		case <-renew.C:
-			if inflight {
-				continue
-			}
-			inflight = true
-			lastSend = time.Now()
-			// One attempt must not use up the whole deadline: a member that
-			// is paused or cut off would hold it, while a retry goes to
-			// another member. WithRequireLeader makes a member without a
-			// leader answer at once.
-			rctx, rcancel := context.WithDeadline(clientv3.WithRequireLeader(ctx), l.currentDeadline())
-			rctx, rcancel2 := context.WithTimeout(rctx, attemptTimeout(l.ttl))
-			orphans := l.orphanList()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer rcancel()
-				defer rcancel2()
-				err := l.keepAliveOnce(rctx)
-				if err == nil && len(orphans) > 0 {
-					l.deleteOrphans(rctx, orphans)
-				}
-				results <- err
-			}()
-
-		case err := <-results:
-			inflight = false
-			switch {
-			case err == nil:
-				retry = 0
-				l.notify(Event{Type: Renewed})
-				renew.Reset(time.Until(lastSend.Add(l.ttl / 3)))
-			case errors.Is(err, errLeaseGone):
-				emitLost(l.end("the lease expired or was revoked on the server", nil))
-				return
-			case transient(err):
-				l.notify(Event{Type: Retrying, Err: fmt.Errorf("microlock: renewing lease %x: %w", int64(l.id), err)})
-				retry = min(max(2*retry, 100*time.Millisecond), max(l.ttl/6, 100*time.Millisecond))
-				renew.Reset(retry)
-			default:
-				emitLost(l.end("renewing the lease failed", err))
-				revoke = true
-				return
-			}
-
+		case <-r.renew.C:
+			r.send()
+		case err := <-r.results:
+			stop = r.answered(err)
 		case <-l.wake:
-			l.mu.Lock()
-			ended, expired := l.ended, l.expired
-			l.expired = nil
-			unused, retired, since, idling := l.refs == 0, l.retired, l.idleSince, l.idling
-			l.mu.Unlock()
-			if ended {
-				emitLost(expired)
-				revoke = expired != nil // the deadline passed, not a server answer
-				return
-			}
-			if unused && retired {
-				if l.close(cancel, &wg) {
-					return
-				}
-			} else if unused && !idling {
-				idle.Reset(leaseLinger - time.Since(since))
-				setIdling(true)
-			}
-
-		case <-idle.C:
-			l.mu.Lock()
-			refs, since, retired := l.refs, l.idleSince, l.retired
-			l.idling = refs == 0 // in use: the next unref wakes us again
-			l.mu.Unlock()
-			if refs > 0 {
-				continue
-			}
-			if wait := leaseLinger - time.Since(since); wait > 0 && !retired {
-				idle.Reset(wait)
-				continue
-			}
-			if l.close(cancel, &wg) {
-				return
-			}
-			setIdling(false) // taken meanwhile: the next unref wakes us again
+			stop = r.woken()
+		case <-r.idle.C:
+			stop = r.idled()
+		}
+		if stop {
+			return
 		}
 	}
+}
+
+// renewLoop is the state of a lease's goroutine (run), which alone uses it.
+type renewLoop struct {
+	l        *lease
+	ctx      context.Context // ends with the loop, and the renewal in flight with it
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // the renewal in flight
+	renew    *time.Timer    // the next renewal is due
+	idle     *time.Timer    // the lease may have been unused for leaseLinger
+	results  chan error     // the answer to the renewal in flight
+	inflight bool
+	retry    time.Duration // the pause before the next retry of a failed renewal
+	lastSend time.Time     // when the last renewal was sent
+	revoke   bool          // revoke the lease once the loop ends (revokeAfterLoss)
+}
+
+// send starts a renewal unless one is in flight. One attempt must not use
+// up the whole deadline: a member that is paused or cut off would hold it,
+// while a retry goes to another member. WithRequireLeader makes a member
+// without a leader answer at once.
+func (r *renewLoop) send() {
+	if r.inflight {
+		return
+	}
+	l := r.l
+	r.inflight = true
+	r.lastSend = time.Now()
+	rctx, rcancel := context.WithDeadline(clientv3.WithRequireLeader(r.ctx), l.currentDeadline())
+	rctx, rcancel2 := context.WithTimeout(rctx, attemptTimeout(l.ttl))
+	orphans := l.orphanList()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer rcancel()
+		defer rcancel2()
+		err := l.keepAliveOnce(rctx)
+		if err == nil && len(orphans) > 0 {
+			l.deleteOrphans(rctx, orphans)
+		}
+		r.results <- err
+	}()
+}
+
+// answered handles the outcome of a renewal, and reports whether the loop
+// must end.
+func (r *renewLoop) answered(err error) bool {
+	l := r.l
+	r.inflight = false
+	switch {
+	case err == nil:
+		r.retry = 0
+		l.notify(Event{Type: Renewed})
+		r.renew.Reset(time.Until(r.lastSend.Add(l.ttl / 3)))
+	case errors.Is(err, errLeaseGone):
+		emitLost(l.end("the lease expired or was revoked on the server", nil))
+		return true
+	case transient(err):
+		l.notify(Event{Type: Retrying, Err: fmt.Errorf("microlock: renewing lease %x: %w", int64(l.id), err)})
+		r.retry = min(max(2*r.retry, 100*time.Millisecond), max(l.ttl/6, 100*time.Millisecond))
+		r.renew.Reset(r.retry)
+	default:
+		emitLost(l.end("renewing the lease failed", err))
+		r.revoke = true
+		return true
+	}
+	return false
+}
+
+// woken handles a poke: the lease ended (its deadline passed), or its last
+// reference went, or it was retired. It reports whether the loop must end.
+func (r *renewLoop) woken() bool {
+	l := r.l
+	l.mu.Lock()
+	ended, expired := l.ended, l.expired
+	l.expired = nil
+	unused, retired, since, idling := l.refs == 0, l.retired, l.idleSince, l.idling
+	l.mu.Unlock()
+	switch {
+	case ended:
+		emitLost(expired)
+		r.revoke = expired != nil // the deadline passed, not a server answer
+		return true
+	case unused && retired:
+		return l.close(r.cancel, &r.wg)
+	case unused && !idling:
+		r.idle.Reset(leaseLinger - time.Since(since))
+		l.setIdling(true)
+	}
+	return false
+}
+
+// idled handles the idle timer: it revokes the lease if it has been unused
+// for leaseLinger (or is retired), and reports whether the loop must end.
+func (r *renewLoop) idled() bool {
+	l := r.l
+	l.mu.Lock()
+	refs, since, retired := l.refs, l.idleSince, l.retired
+	l.idling = refs == 0 // in use: the next unref wakes us again
+	l.mu.Unlock()
+	if refs > 0 {
+		return false
+	}
+	if wait := leaseLinger - time.Since(since); wait > 0 && !retired {
+		r.idle.Reset(wait)
+		return false
+	}
+	if l.close(r.cancel, &r.wg) {
+		return true
+	}
+	l.setIdling(false) // taken meanwhile: the next unref wakes us again
+	return false
+}
+
+func (l *lease) setIdling(on bool) {
+	l.mu.Lock()
+	l.idling = on
+	l.mu.Unlock()
+}
+
+// stopTimer stops the deadline timer and waits for its callback if it runs.
+func (l *lease) stopTimer() {
+	l.mu.Lock()
+	if l.timer.Stop() {
+		l.timers.Done()
+	}
+	l.mu.Unlock()
+	l.timers.Wait()
 }
 
 // close ends an unused lease and revokes it. It reports false, doing
