@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,6 +83,7 @@ func TestTable(t *testing.T) {
 	render(&out, &r)
 	got := out.String()
 	for _, want := range []string{"cpu: AMD EPYC", "GOMAXPROCS: 2", "median of 3 run(s)", "| Measure",
+		"at least 90% confident", "[—]: too few runs for an interval (need >= 6 samples for confidence interval at level 0.95).",
 		// 20 targets in all, 9 of them with figures in the sample.
 		"Targets: 6 met, 3 missed, 11 not measured."} {
 		if !strings.Contains(got, want) {
@@ -90,28 +92,28 @@ func TestTable(t *testing.T) {
 	}
 	for _, tc := range []struct{ measure, ratio, result string }{
 		// 660 / 600: at the bound, met.
-		{"Uncontended cycle in turn", "1.10×", "PASS"},
+		{"Uncontended cycle in turn", "1.10× [—]", "PASS"},
 		// 400 / 500 > 0.6: missed.
-		{"TryLock on a held key in turn", "0.80×", "FAIL"},
+		{"TryLock on a held key in turn", "0.80× [—]", "FAIL"},
 		// 1600 / 50 ≥ 10: met.
-		{"Contention C=8: handoffs/s", "32×", "PASS"},
+		{"Contention C=8: handoffs/s", "32× [—]", "PASS"},
 		// 900 / 100 < 10: missed.
-		{"Contention C=2: handoffs/s", "9.00×", "FAIL"},
+		{"Contention C=2: handoffs/s", "9.00× [—]", "FAIL"},
 		// 1600 / (1e6 / (300 µs + 200 µs)) ≥ 0.55: met.
-		{"÷ two-request floor", "0.80×", "PASS"},
+		{"÷ two-request floor", "0.80× [—]", "PASS"},
 		// 1600 / (1e6 / 630 µs): for reference, no target.
-		{"C=8 handoffs/s ÷ uncontended", "1.01×", ""},
+		{"C=8 handoffs/s ÷ uncontended", "1.01× [—]", ""},
 		// 9000 / 10000 ≥ 0.9: at the bound, met.
-		{"Independent keys K=16", "0.90×", "PASS"},
+		{"Independent keys K=16", "0.90× [—]", "PASS"},
 		// 9000 / 9600 < 0.95: missed.
-		{"÷ microlock's two requests sent by hand", "0.94×", "FAIL"},
-		{"the requests by hand ÷ etcd's", "0.96×", ""},
+		{"÷ microlock's two requests sent by hand", "0.94× [—]", "FAIL"},
+		{"the requests by hand ÷ etcd's", "0.96× [—]", ""},
 		// Not measured.
 		{"Independent keys K=256", "—", "n/a"},
 		// Authentication, for reference: 1000 / 800, 60000 / 400, 15 / 450.
-		{"Auth on ÷ off, in turn: Mutex.Lock+Unlock", "1.25×", ""},
-		{"Auth on ÷ off, in turn: Mutex.Renew", "150×", ""},
-		{"Auth on ÷ off: contention C=2", "0.03×", ""},
+		{"Auth on ÷ off, in turn: Mutex.Lock+Unlock", "1.25× [—]", ""},
+		{"Auth on ÷ off, in turn: Mutex.Renew", "150× [—]", ""},
+		{"Auth on ÷ off: contention C=2", "0.03× [—]", ""},
 	} {
 		cells := strings.Split(rowOf(got, tc.measure), "|")
 		if len(cells) != 9 {
@@ -121,6 +123,48 @@ func TestTable(t *testing.T) {
 		if ratio, result := strings.TrimSpace(cells[5]), strings.TrimSpace(cells[7]); ratio != tc.ratio || result != tc.result {
 			t.Errorf("%s: ratio %s, result %s; want %s, %s", tc.measure, ratio, result, tc.ratio, tc.result)
 		}
+	}
+}
+
+// TestTableInterval checks a ratio's interval where there are runs enough
+// for one: with 6, the medians' 95% intervals are the samples' ranges.
+func TestTableInterval(t *testing.T) {
+	var in strings.Builder
+	for _, v := range [][2]int{{660, 600}, {650, 600}, {670, 610}, {660, 590}, {660, 600}, {660, 600}} {
+		fmt.Fprintf(&in, "BenchmarkSideBySide/cycle-2 541 5634961 ns/op %d WithLock-us %d floor-us\n", v[0], v[1])
+	}
+	var r results
+	if err := parse(strings.NewReader(in.String()), &r); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	render(&out, &r)
+	got := out.String()
+	// 660 / 600, in [650 / 610, 670 / 590].
+	cells := strings.Split(rowOf(got, "Uncontended cycle in turn"), "|")
+	if len(cells) != 9 || strings.TrimSpace(cells[5]) != "1.10× [1.07, 1.14]" || strings.TrimSpace(cells[7]) != "PASS" {
+		t.Errorf("want 1.10× [1.07, 1.14], PASS:\n%s", got)
+	}
+	if strings.Contains(got, "[—]") {
+		t.Errorf("an unbounded interval from 6 runs:\n%s", got)
+	}
+}
+
+// TestParseSkipsFailedBenchmark checks that the line go test prints for a
+// benchmark that fails, its name then "--- FAIL", is not taken for a garbled
+// result.
+func TestParseSkipsFailedBenchmark(t *testing.T) {
+	in := "BenchmarkFloor/Get-2   \t--- FAIL: BenchmarkFloor/Get-2\n    floor_test.go:9: etcd is down\n" +
+		"BenchmarkFloor/Txn-2 4000 300000 ns/op\n"
+	var r results
+	if err := parse(strings.NewReader(in), &r); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := r.median("BenchmarkFloor/Get", "ns/op"); ok {
+		t.Error("the failed benchmark has a median")
+	}
+	if v, _, _ := r.median("BenchmarkFloor/Txn", "ns/op"); v != 300000 {
+		t.Errorf("ns/op = %v, want 300000 as written, not tidied to seconds", v)
 	}
 }
 

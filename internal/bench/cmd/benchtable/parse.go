@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
+
+	"golang.org/x/perf/benchfmt"
+	"golang.org/x/perf/benchmath"
 )
 
 // results are the samples of a run: for each benchmark (by name, without
@@ -18,63 +18,79 @@ type results struct {
 	samples map[string]map[string][]float64
 }
 
-var (
-	benchLine  = regexp.MustCompile(`^(Benchmark\S+?)(?:-(\d+))?\s+(\d+)\s+(.+)$`)
-	headerLine = regexp.MustCompile(`^(goos|goarch|cpu|pkg|etcd): (.+)$`)
-)
+// confidence is the level of the medians' confidence intervals.
+const confidence = 0.95
 
-// parse reads go test -bench output. Lines that are neither a header nor a
-// benchmark result (logs, PASS, ok) are skipped; a result line that does not
-// parse is an error.
+// parse reads go test -bench output with benchfmt. Lines that are neither
+// a configuration line ("cpu: …", "etcd: …") nor a benchmark result (logs,
+// PASS, ok) are skipped, and so are lines that start with a benchmark's name
+// but hold no iteration count: go test prints the name of a benchmark that
+// fails before "--- FAIL", and output the benchmark writes may follow it. A
+// result line that does not parse (a value with no unit, a value that is no
+// number) is an error.
 func parse(r io.Reader, into *results) error {
 	if into.header == nil {
 		into.header = make(map[string]string)
 		into.samples = make(map[string]map[string][]float64)
 	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if m := headerLine.FindStringSubmatch(line); m != nil {
-			into.header[m[1]] = m[2]
-			continue
-		}
-		m := benchLine.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		name, procs, rest := m[1], m[2], m[4]
-		if procs != "" {
-			into.procs = procs
-		}
-		f := strings.Fields(rest)
-		if len(f)%2 != 0 {
-			return fmt.Errorf("line %d: odd number of value/unit fields: %q", n, line)
-		}
-		if into.samples[name] == nil {
-			into.samples[name] = make(map[string][]float64)
-		}
-		for i := 0; i < len(f); i += 2 {
-			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				return fmt.Errorf("line %d: %q is not a number: %v", n, f[i], err)
+	br := benchfmt.NewReader(r, "")
+	for br.Scan() {
+		switch rec := br.Result().(type) {
+		case *benchfmt.SyntaxError:
+			// benchfmt reports such a line as "missing iteration
+			// count" or "parsing iteration count: …";
+			// TestParseSkipsFailedBenchmark notices if that changes.
+			if strings.Contains(rec.Msg, "iteration count") {
+				continue
 			}
-			into.samples[name][f[i+1]] = append(into.samples[name][f[i+1]], v)
+			return fmt.Errorf("line %d: %s", rec.Line, rec.Msg)
+		case *benchfmt.Result:
+			for _, c := range rec.Config {
+				if c.File {
+					into.header[c.Key] = string(c.Value)
+				}
+			}
+			name := rec.Name.Full()
+			if _, parts := rec.Name.Parts(); len(parts) > 0 && strings.HasPrefix(string(parts[len(parts)-1]), "-") {
+				procs := parts[len(parts)-1]
+				into.procs = string(procs[1:])
+				name = name[:len(name)-len(procs)]
+			}
+			// benchfmt's names lack the "Benchmark" the table's have.
+			key := "Benchmark" + string(name)
+			if into.samples[key] == nil {
+				into.samples[key] = make(map[string][]float64)
+			}
+			for _, v := range rec.Values {
+				// benchfmt tidies units (ns/op to sec/op, …); the
+				// table is written in the units the benchmarks report.
+				unit, val := v.Unit, v.Value
+				if v.OrigUnit != "" {
+					unit, val = v.OrigUnit, v.OrigValue
+				}
+				into.samples[key][unit] = append(into.samples[key][unit], val)
+			}
 		}
 	}
-	return sc.Err()
+	return br.Err()
+}
+
+// summary returns the median of the samples of a benchmark's unit and its
+// confidence interval, as benchmath computes it assuming nothing of their
+// distribution, and how many samples there were; ok is false when there
+// are none. With too few samples for an interval at the level asked, the
+// bounds are infinite and Warnings says how many it needs.
+func (r *results) summary(name, unit string) (s benchmath.Summary, n int, ok bool) {
+	v := slices.Clone(r.samples[name][unit]) // NewSample sorts in place
+	if len(v) == 0 {
+		return benchmath.Summary{}, 0, false
+	}
+	return benchmath.AssumeNothing.Summary(benchmath.NewSample(v, &benchmath.DefaultThresholds), confidence), len(v), true
 }
 
 // median returns the median of the samples of a benchmark's unit, and how
 // many there were; ok is false when there are none.
 func (r *results) median(name, unit string) (v float64, n int, ok bool) {
-	s := slices.Clone(r.samples[name][unit])
-	if len(s) == 0 {
-		return 0, 0, false
-	}
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2], len(s), true
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2, len(s), true
+	s, n, ok := r.summary(name, unit)
+	return s.Center, n, ok
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -37,19 +38,67 @@ type row struct {
 type table struct {
 	r    *results
 	rows []row
+	// unbounded is set when a ratio is shown without an interval, and why
+	// is benchmath's reason, if it gave one.
+	unbounded bool
+	why       string
+}
+
+// est is a figure with its confidence interval: a median and the bounds
+// benchmath gives it, or a figure computed from such. The bounds are
+// infinite when there are too few samples for an interval, and warn then
+// says how many it needs.
+type est struct {
+	v, lo, hi float64
+	warn      string
+}
+
+// div is the ratio of two figures. Its interval is the ratio of their
+// intervals' bounds, a's low ÷ b's high and a's high ÷ b's low: the widest
+// ratio the two intervals allow. It holds the true ratio whenever both hold
+// their true figures, so at 95% each its confidence is at least 90% (by the
+// union bound, with no assumption of independence); it is conservative, not
+// a fitted interval for the ratio.
+func (a est) div(b est) est {
+	return est{a.v / b.v, a.lo / b.hi, a.hi / b.lo, cmp.Or(a.warn, b.warn)}
+}
+
+// plus is the sum of two figures, its interval the sum of their bounds (at
+// least 90% confident, as for div).
+func (a est) plus(b est) est {
+	return est{a.v + b.v, a.lo + b.lo, a.hi + b.hi, cmp.Or(a.warn, b.warn)}
+}
+
+// over is k ÷ a, for a rate from a time: the bounds swap.
+func (a est) over(k float64) est {
+	return est{k / a.v, k / a.hi, k / a.lo, a.warn}
+}
+
+// est is a median with its confidence interval, NaN when the benchmark did
+// not run.
+func (t *table) est(name, unit string) est {
+	s, _, ok := t.r.summary(name, unit)
+	if !ok {
+		return est{math.NaN(), math.NaN(), math.NaN(), ""}
+	}
+	e := est{v: s.Center, lo: s.Lo, hi: s.Hi}
+	if len(s.Warnings) > 0 {
+		e.warn = s.Warnings[0].Error()
+	}
+	return e
 }
 
 // val is a median, or NaN when the benchmark did not run.
-func (t *table) val(name, unit string) float64 {
-	v, _, ok := t.r.median(name, unit)
-	if !ok {
-		return math.NaN()
-	}
-	return v
-}
+func (t *table) val(name, unit string) float64 { return t.est(name, unit).v }
 
 // us is a benchmark's time per op in µs.
-func (t *table) us(name string) float64 { return t.val(name, "ns/op") / 1e3 }
+func (t *table) us(name string) float64 { return t.usEst(name).v }
+
+// usEst is us with its interval.
+func (t *table) usEst(name string) est {
+	e := t.est(name, "ns/op")
+	return est{e.v / 1e3, e.lo / 1e3, e.hi / 1e3, e.warn}
+}
 
 func (t *table) add(r row) { t.rows = append(t.rows, r) }
 
@@ -94,14 +143,27 @@ func num(v float64) string {
 	}
 }
 
-func ratio(v float64) string {
-	switch {
-	case math.IsNaN(v):
-		return "—"
-	case math.IsInf(v, 0) || math.Abs(v) >= 10:
-		return num(v) + "×"
+// factor formats a ratio, without its "×".
+func factor(v float64) string {
+	if math.IsInf(v, 0) || math.IsNaN(v) || math.Abs(v) >= 10 {
+		return num(v)
 	}
-	return fmt.Sprintf("%.2f×", v)
+	return fmt.Sprintf("%.2f", v)
+}
+
+// ratio formats a ratio and its interval (see est.div), as "1.06× [1.02,
+// 1.10]": "[—]" when the interval is unbounded, "—" alone when the ratio
+// could not be computed.
+func (t *table) ratio(e est) string {
+	if math.IsNaN(e.v) {
+		return "—"
+	}
+	if bad := func(x float64) bool { return math.IsNaN(x) || math.IsInf(x, 0) }; bad(e.lo) || bad(e.hi) {
+		t.unbounded = true
+		t.why = cmp.Or(t.why, e.warn)
+		return factor(e.v) + "× [—]"
+	}
+	return fmt.Sprintf("%s× [%s, %s]", factor(e.v), factor(e.lo), factor(e.hi))
 }
 
 func (t *table) build() {
@@ -111,16 +173,16 @@ func (t *table) build() {
 	t.add(row{measure: "Floor, alone: one linearizable Get (µs)", floor: num(t.us(floorGet))})
 
 	// Uncontended cycle, from the benchmark that runs them in turn.
-	floor := t.val(cyc, "floor-us")
-	wl, mu := t.val(cyc, "WithLock-us"), t.val(cyc, "Mutex-us")
-	sess, ns := t.val(cyc, "etcd-Session-us"), t.val(cyc, "etcd-NewSession-us")
+	floor := t.est(cyc, "floor-us")
+	wl, mu := t.est(cyc, "WithLock-us"), t.est(cyc, "Mutex-us")
+	sess, ns := t.est(cyc, "etcd-Session-us"), t.est(cyc, "etcd-NewSession-us")
 	g := atMost(1.10, " floor")
-	t.add(row{"Uncontended cycle in turn (µs): WithLock; etcd: Session reused", num(wl), num(sess), num(floor), ratio(wl / floor), g.text, g.judge(wl / floor)})
-	t.add(row{measure: "… etcd, Session reused ÷ floor (1.06× where targets were set)", etcd: num(sess), floor: num(floor), ratio: ratio(sess / floor)})
-	t.add(row{measure: "… etcd, new Session per cycle ÷ floor (2.45× there)", etcd: num(ns), floor: num(floor), ratio: ratio(ns / floor)})
-	t.add(row{measure: "… microlock Mutex.Lock+Unlock ÷ floor", microlock: num(mu), floor: num(floor), ratio: ratio(mu / floor)})
-	rq := t.val(cyc, "requests-us")
-	t.add(row{measure: "… microlock's two requests sent by hand ÷ floor", microlock: num(rq), floor: num(floor), ratio: ratio(rq / floor)})
+	t.add(row{"Uncontended cycle in turn (µs): WithLock; etcd: Session reused", num(wl.v), num(sess.v), num(floor.v), t.ratio(wl.div(floor)), g.text, g.judge(wl.div(floor).v)})
+	t.add(row{measure: "… etcd, Session reused ÷ floor (1.06× where targets were set)", etcd: num(sess.v), floor: num(floor.v), ratio: t.ratio(sess.div(floor))})
+	t.add(row{measure: "… etcd, new Session per cycle ÷ floor (2.45× there)", etcd: num(ns.v), floor: num(floor.v), ratio: t.ratio(ns.div(floor))})
+	t.add(row{measure: "… microlock Mutex.Lock+Unlock ÷ floor", microlock: num(mu.v), floor: num(floor.v), ratio: t.ratio(mu.div(floor))})
+	rq := t.est(cyc, "requests-us")
+	t.add(row{measure: "… microlock's two requests sent by hand ÷ floor", microlock: num(rq.v), floor: num(floor.v), ratio: t.ratio(rq.div(floor))})
 	t.add(row{measure: "Uncontended cycle alone (µs): WithLock; etcd: Session reused", microlock: num(t.us(cycleWithLock)), etcd: num(t.us(cycleSession)), floor: num(t.us(floorTxnDelete))})
 	t.add(row{measure: "Uncontended cycle alone (µs): Mutex; etcd: new Session per cycle", microlock: num(t.us(cycleMutex)), etcd: num(t.us(cycleNewSess)), floor: num(t.us(floorTxnDelete))})
 	for _, c := range []struct{ what, ml, etcd string }{
@@ -134,7 +196,7 @@ func (t *table) build() {
 			floor:     num(t.val(floorTxnDelete, "allocs/op")) + ", " + num(t.val(floorTxnDelete, "B/op")),
 		})
 	}
-	growth := func(name string) float64 { return t.val(name, "late-allocs/op") / t.val(name, "early-allocs/op") }
+	growth := func(name string) est { return t.est(name, "late-allocs/op").div(t.est(name, "early-allocs/op")) }
 	g = atMost(1.05, "")
 	for _, c := range []struct{ what, ml, etcd string }{
 		{"WithLock; etcd: Session reused", cycleWithLock, cycleSession},
@@ -142,8 +204,8 @@ func (t *table) build() {
 	} {
 		t.add(row{
 			measure:   "Alloc growth, " + c.what + ": 2nd-half ÷ 1st-half allocs/cycle",
-			microlock: ratio(growth(c.ml)), etcd: ratio(growth(c.etcd)),
-			ratio: ratio(growth(c.ml)), target: g.text + " (no growth)", result: g.judge(growth(c.ml)),
+			microlock: t.ratio(growth(c.ml)), etcd: t.ratio(growth(c.etcd)),
+			ratio: t.ratio(growth(c.ml)), target: g.text + " (no growth)", result: g.judge(growth(c.ml).v),
 		})
 		t.add(row{
 			measure:   "… 2nd half: heap growth per cycle (B), goroutines per cycle",
@@ -152,70 +214,70 @@ func (t *table) build() {
 		})
 	}
 	const gr = "BenchmarkGrowth"
-	gm := t.val(gr, "microlock-last-us") / t.val(gr, "microlock-first-us")
-	ge := t.val(gr, "etcd-last-us") / t.val(gr, "etcd-first-us")
+	gm := t.est(gr, "microlock-last-us").div(t.est(gr, "microlock-first-us"))
+	ge := t.est(gr, "etcd-last-us").div(t.est(gr, "etcd-first-us"))
 	g = atMost(1.10, "")
 	t.add(row{
 		measure:   fmt.Sprintf("Hot key: cycle time, last ÷ first tenth of %s cycles (µs)", num(t.val(gr, "cycles"))),
 		microlock: num(t.val(gr, "microlock-last-us")) + " ÷ " + num(t.val(gr, "microlock-first-us")),
 		etcd:      num(t.val(gr, "etcd-last-us")) + " ÷ " + num(t.val(gr, "etcd-first-us")),
-		ratio:     ratio(gm) + " / " + ratio(ge),
+		ratio:     t.ratio(gm) + " / " + t.ratio(ge),
 	})
-	rg := t.val(gr, "relative-growth")
+	rg := t.est(gr, "relative-growth")
 	t.add(row{
 		measure: "… microlock's growth ÷ etcd's (etcd's key never changes: the control)",
-		ratio:   ratio(rg), target: g.text + " (no growth)", result: g.judge(rg),
+		ratio:   t.ratio(rg), target: g.text + " (no growth)", result: g.judge(rg.v),
 	})
 
 	// TryLock failure, in turn with etcd's and a one-Txn floor.
-	tm, te := t.val(try, "microlock-us"), t.val(try, "etcd-us")
+	tm, te := t.est(try, "microlock-us"), t.est(try, "etcd-us")
 	g = atMost(0.6, " etcd")
-	t.add(row{"TryLock on a held key in turn (µs); floor: one write Txn", num(tm), num(te), num(t.val(try, "txn-us")), ratio(tm / te), g.text, g.judge(tm / te)})
+	t.add(row{"TryLock on a held key in turn (µs); floor: one write Txn", num(tm.v), num(te.v), num(t.val(try, "txn-us")), t.ratio(tm.div(te)), g.text, g.judge(tm.div(te).v)})
 	t.add(row{measure: "TryLock on a held key alone (µs); floor: one write Txn", microlock: num(t.us(tryMicrolock)), etcd: num(t.us(tryEtcd)), floor: num(t.us(floorTxn))})
 
 	// Contention. The two-request floor of a handoff: the holder's release
 	// (one write Txn) and the next holder learning that it holds the lock
 	// (a linearizable Get's round trip), both measured alone in this run.
-	txnGet := t.us(floorTxn) + t.us(floorGet)
+	txnGet := t.usEst(floorTxn).plus(t.usEst(floorGet))
 	for _, c := range []int{2, 8, 32} {
 		ml, et := contention(c, "microlock"), contention(c, "etcd")
-		hm, he := t.val(ml, "handoffs/s"), t.val(et, "handoffs/s")
-		r := row{measure: fmt.Sprintf("Contention C=%d: handoffs/s", c), microlock: num(hm), etcd: num(he), ratio: ratio(hm / he)}
+		hm, he := t.est(ml, "handoffs/s"), t.est(et, "handoffs/s")
+		r := row{measure: fmt.Sprintf("Contention C=%d: handoffs/s", c), microlock: num(hm.v), etcd: num(he.v), ratio: t.ratio(hm.div(he))}
 		if c <= 8 {
 			g := atLeast(10, " etcd")
-			r.target, r.result = g.text, g.judge(hm/he)
+			r.target, r.result = g.text, g.judge(hm.div(he).v)
 		}
 		t.add(r)
 		if c == 8 {
-			hf := 1e6 / txnGet
+			hf := txnGet.over(1e6)
 			g := atLeast(0.55, " floor")
-			t.add(row{"… ÷ two-request floor, handoffs/s: 1 ÷ (write Txn + linearizable Get)", num(hm), "", num(hf), ratio(hm / hf), g.text, g.judge(hm / hf)})
+			t.add(row{"… ÷ two-request floor, handoffs/s: 1 ÷ (write Txn + linearizable Get)", num(hm.v), "", num(hf.v), t.ratio(hm.div(hf)), g.text, g.judge(hm.div(hf).v)})
 		}
 		t.add(row{
 			measure:   "… handoff latency p50 / p99 (ms)",
 			microlock: num(t.val(ml, "p50-ms")) + " / " + num(t.val(ml, "p99-ms")),
 			etcd:      num(t.val(et, "p50-ms")) + " / " + num(t.val(et, "p99-ms")),
 		})
-		fm := t.val(ml, "max/min")
+		fm := t.est(ml, "max/min")
 		g := atMost(1.1, "")
-		t.add(row{"… fairness: most ÷ fewest acquisitions", ratio(fm), ratio(t.val(et, "max/min")), "", ratio(fm), g.text, g.judge(fm)})
+		t.add(row{"… fairness: most ÷ fewest acquisitions", t.ratio(fm), t.ratio(t.est(et, "max/min")), "", t.ratio(fm), g.text, g.judge(fm.v)})
 	}
-	c8, own := t.val(contention(8, "microlock"), "handoffs/s"), 1e6/mu
-	t.add(row{measure: "C=8 handoffs/s ÷ uncontended Mutex cycles/s (in turn)", microlock: num(c8) + " ÷ " + num(own), ratio: ratio(c8 / own)})
+	c8, own := t.est(contention(8, "microlock"), "handoffs/s"), mu.over(1e6)
+	t.add(row{measure: "C=8 handoffs/s ÷ uncontended Mutex cycles/s (in turn)", microlock: num(c8.v) + " ÷ " + num(own.v), ratio: t.ratio(c8.div(own))})
 
 	// Independent keys.
 	for _, k := range []int{16, 256} {
-		km, ke := t.val(keys(k), "microlock-cycles/s"), t.val(keys(k), "etcd-cycles/s")
+		km, ke := t.est(keys(k), "microlock-cycles/s"), t.est(keys(k), "etcd-cycles/s")
 		g := atLeast(0.9, " etcd")
-		t.add(row{fmt.Sprintf("Independent keys K=%d on one client, in turn: cycles/s", k), num(km), num(ke), "", ratio(km / ke), g.text, g.judge(km / ke)})
-		kr := t.val(keys(k), "requests-cycles/s")
+		t.add(row{fmt.Sprintf("Independent keys K=%d on one client, in turn: cycles/s", k), num(km.v), num(ke.v), "", t.ratio(km.div(ke)), g.text, g.judge(km.div(ke).v)})
+		kr := t.est(keys(k), "requests-cycles/s")
 		g = atLeast(0.95, " by hand")
-		t.add(row{"… ÷ microlock's two requests sent by hand (floor column), no library code", num(km), "", num(kr), ratio(km / kr), g.text, g.judge(km / kr)})
-		t.add(row{measure: "… the requests by hand ÷ etcd's cycles/s", etcd: num(ke), floor: num(kr), ratio: ratio(kr / ke)})
-		cm, ce := t.val(keys(k), "microlock-cpu-us/cycle"), t.val(keys(k), "etcd-cpu-us/cycle")
-		t.add(row{measure: "… client CPU per cycle (µs)", microlock: num(cm), etcd: num(ce), ratio: ratio(cm / ce)})
-		sm, se := t.val(keys(k), "microlock-etcd-cpu-us/cycle"), t.val(keys(k), "etcd-etcd-cpu-us/cycle")
-		t.add(row{measure: "… etcd server CPU per cycle (µs)", microlock: num(sm), etcd: num(se), ratio: ratio(sm / se)})
+		t.add(row{"… ÷ microlock's two requests sent by hand (floor column), no library code", num(km.v), "", num(kr.v), t.ratio(km.div(kr)), g.text, g.judge(km.div(kr).v)})
+		t.add(row{measure: "… the requests by hand ÷ etcd's cycles/s", etcd: num(ke.v), floor: num(kr.v), ratio: t.ratio(kr.div(ke))})
+		cm, ce := t.est(keys(k), "microlock-cpu-us/cycle"), t.est(keys(k), "etcd-cpu-us/cycle")
+		t.add(row{measure: "… client CPU per cycle (µs)", microlock: num(cm.v), etcd: num(ce.v), ratio: t.ratio(cm.div(ce))})
+		sm, se := t.est(keys(k), "microlock-etcd-cpu-us/cycle"), t.est(keys(k), "etcd-etcd-cpu-us/cycle")
+		t.add(row{measure: "… etcd server CPU per cycle (µs)", microlock: num(sm.v), etcd: num(se.v), ratio: t.ratio(sm.div(se))})
 	}
 
 	// Authentication: microlock with a password user ÷ without, each on an
@@ -224,15 +286,15 @@ func (t *table) build() {
 		{"Mutex.Lock+Unlock", authCycle, "cycle"},
 		{"Mutex.Renew of a held lock", authRenew, "renewal"},
 	} {
-		on, off := t.val(a.name, "auth-us"), t.val(a.name, "noauth-us")
-		t.add(row{measure: "Auth on ÷ off, in turn: " + a.what + " (µs)", microlock: num(on) + " ÷ " + num(off), ratio: ratio(on / off)})
+		on, off := t.est(a.name, "auth-us"), t.est(a.name, "noauth-us")
+		t.add(row{measure: "Auth on ÷ off, in turn: " + a.what + " (µs)", microlock: num(on.v) + " ÷ " + num(off.v), ratio: t.ratio(on.div(off))})
 		t.add(row{
 			measure:   "… Authenticate calls per " + a.per + "; etcd CPU per " + a.per + ", on ÷ off (µs)",
 			microlock: num(t.val(a.name, "auth-authenticate/op")) + "; " + num(t.val(a.name, "auth-etcd-cpu-us")) + " ÷ " + num(t.val(a.name, "noauth-etcd-cpu-us")),
 		})
 	}
-	on, off := t.val(authC2("auth"), "handoffs/s"), t.val(authC2("noauth"), "handoffs/s")
-	t.add(row{measure: "Auth on ÷ off: contention C=2, handoffs/s", microlock: num(on) + " ÷ " + num(off), ratio: ratio(on / off)})
+	on, off := t.est(authC2("auth"), "handoffs/s"), t.est(authC2("noauth"), "handoffs/s")
+	t.add(row{measure: "Auth on ÷ off: contention C=2, handoffs/s", microlock: num(on.v) + " ÷ " + num(off.v), ratio: t.ratio(on.div(off))})
 	t.add(row{
 		measure:   "… Authenticate calls per handoff; etcd CPU per handoff, on ÷ off (µs)",
 		microlock: num(t.val(authC2("auth"), "authenticate/op")) + "; " + num(t.val(authC2("auth"), "etcd-cpu-us/op")) + " ÷ " + num(t.val(authC2("noauth"), "etcd-cpu-us/op")),
@@ -240,7 +302,7 @@ func (t *table) build() {
 
 	// Held locks.
 	const few, many = 1000, 10000
-	kaFew, kaMany := t.val(held(few, "microlock"), "keepalives/s"), t.val(held(many, "microlock"), "keepalives/s")
+	kaFew, kaMany := t.est(held(few, "microlock"), "keepalives/s"), t.est(held(many, "microlock"), "keepalives/s")
 	for _, n := range []int{few, many} {
 		r := row{
 			measure:   fmt.Sprintf("Held N=%d for %ss: keepalive messages/s", n, num(t.val(held(n, "microlock"), "hold-s"))),
@@ -249,25 +311,25 @@ func (t *table) build() {
 		}
 		if n == many {
 			g := atMost(1.25, " at N=1000")
-			r.ratio, r.target, r.result = ratio(kaMany/kaFew), g.text+" (per lease, not per lock)", g.judge(kaMany/kaFew)
+			r.ratio, r.target, r.result = t.ratio(kaMany.div(kaFew)), g.text+" (per lease, not per lock)", g.judge(kaMany.div(kaFew).v)
 		}
 		t.add(r)
 	}
 	for _, n := range []int{few, many} {
-		cm, ce := t.val(held(n, "microlock"), "cpu-ms/s"), t.val(held(n, "etcd"), "cpu-ms/s")
-		r := row{measure: fmt.Sprintf("Held N=%d: client CPU (ms per s)", n), microlock: num(cm), etcd: num(ce), ratio: ratio(cm / ce)}
+		cm, ce := t.est(held(n, "microlock"), "cpu-ms/s"), t.est(held(n, "etcd"), "cpu-ms/s")
+		r := row{measure: fmt.Sprintf("Held N=%d: client CPU (ms per s)", n), microlock: num(cm.v), etcd: num(ce.v), ratio: t.ratio(cm.div(ce))}
 		if n == many {
 			g := atMost(0.2, " etcd")
-			r.target, r.result = g.text, g.judge(cm/ce)
+			r.target, r.result = g.text, g.judge(cm.div(ce).v)
 		}
 		t.add(r)
 	}
 	for _, n := range []int{few, many} {
-		hm, he := t.val(held(n, "microlock"), "heap-B/lock"), t.val(held(n, "etcd"), "heap-B/lock")
+		hm, he := t.est(held(n, "microlock"), "heap-B/lock"), t.est(held(n, "etcd"), "heap-B/lock")
 		g := atMost(1.0, " etcd")
-		t.add(row{fmt.Sprintf("Held N=%d: heap in use per held lock (B)", n), num(hm), num(he), "", ratio(hm / he), g.text, g.judge(hm / he)})
-		rm, re := t.val(held(n, "microlock"), "rss-B/lock"), t.val(held(n, "etcd"), "rss-B/lock")
-		t.add(row{measure: "… resident set per held lock (B)", microlock: num(rm), etcd: num(re), ratio: ratio(rm / re)})
+		t.add(row{fmt.Sprintf("Held N=%d: heap in use per held lock (B)", n), num(hm.v), num(he.v), "", t.ratio(hm.div(he)), g.text, g.judge(hm.div(he).v)})
+		rm, re := t.est(held(n, "microlock"), "rss-B/lock"), t.est(held(n, "etcd"), "rss-B/lock")
+		t.add(row{measure: "… resident set per held lock (B)", microlock: num(rm.v), etcd: num(re.v), ratio: t.ratio(rm.div(re))})
 		t.add(row{measure: "… goroutines per held lock", microlock: num(t.val(held(n, "microlock"), "goroutines/lock")), etcd: num(t.val(held(n, "etcd"), "goroutines/lock"))})
 	}
 	lm := t.val(held(few, "microlock"), "lost") + t.val(held(many, "microlock"), "lost")
@@ -296,7 +358,16 @@ func render(w io.Writer, r *results) {
 		fmt.Fprintf(w, "GOMAXPROCS: %s\n", r.procs)
 	}
 	_, n, _ := r.median("BenchmarkSideBySide/cycle", "ns/op")
-	fmt.Fprintf(w, "Each figure is the median of %d run(s) of its benchmark; times vary from machine to machine and run to run, ratios less.\n\n", n)
+	fmt.Fprintf(w, "Each figure is the median of %d run(s) of its benchmark; times vary from machine to machine and run to run, ratios less.\n", n)
+	fmt.Fprintf(w, "Each ratio of medians is shown with an interval: the ratio of the bounds of the medians' %.0f%% confidence intervals (numerator's low ÷ denominator's high, and high ÷ low), so at least %.0f%% confident.\n", 100*confidence, 100*(1-2*(1-confidence)))
+	if t.unbounded {
+		fmt.Fprintf(w, "[—]: too few runs for an interval")
+		if t.why != "" {
+			fmt.Fprintf(w, " (%s)", t.why)
+		}
+		fmt.Fprintln(w, ".")
+	}
+	fmt.Fprintln(w)
 
 	head := row{"Measure", "microlock", "etcd", "floor", "ratio", "target", "result"}
 	all := append([]row{head}, t.rows...)
