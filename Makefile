@@ -110,7 +110,7 @@ demo: etcd build
 BENCH_DIR         ?= $(BIN)/bench
 BENCH_OUT         ?= $(BENCH_DIR)/table.md
 BENCH_DATADIR     ?=
-BENCH_FLAGS       ?= -benchtime 2s -count 3
+BENCH_FLAGS       ?= -benchtime 2s -count 6
 BENCH_SHORT_FLAGS ?= -benchtime 300ms -count 1 -short
 BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth)$$'
 
