@@ -18,23 +18,28 @@ func holderHelp() help {
 		usage: "microlock holder [flags] KEY",
 		about: `
 Show who holds the lock KEY: the holder's node ID, its fencing token, since
-when it holds the lock, its lease, and how many others wait; or that KEY is
-free.
+when it is in line for the lock, its lease, and how many others wait; or
+that KEY is free.
 
-"Since when" is a revision, not a time: etcd records no wall-clock time for
-keys. The token is the create revision of the holder's key, which etcd's
-revision counter had reached when the holder queued for the lock; the output
-shows the cluster's current revision next to it. The lease line says how long
-the lock survives if its holder stops renewing it.
+"Since" is a revision, not a time: etcd records no wall-clock time for keys.
+It is the create revision of the holder's key, which etcd's revision counter
+had reached when the holder queued for the lock (it got the lock then, or
+later if others held it before), and it is also the holder's fencing token.
+The output shows next to it the cluster's revision when it was read, which
+every write to etcd advances, not only this lock's. The lease line says how
+long the lock survives if its holder stops renewing it.
 
 Values under KEY that are not node IDs (binary data, huge values) are printed
 quoted and cut at 4096 bytes.`,
 		examples: `  microlock holder jobs/nightly-report
   microlock holder --json jobs/nightly-report | jq -r .holder`,
 		extra: `JSON fields: key, locked, holder, holder_bytes, holder_truncated, token,
-revision (the cluster's current revision), lease (null when free or when the
-key has no lease; else id, granted_ttl_seconds, remaining_ttl_seconds, with
-remaining -1 when etcd no longer knows the lease) and waiting.
+since (the create revision of the holder's key: the revision at which the
+holder queued for the lock; equal to token, 0 when free), revision (the
+cluster's revision at which this was read; every write to etcd advances it),
+lease (null when free or when the key has no lease; else id,
+granted_ttl_seconds, remaining_ttl_seconds, with remaining -1 when etcd no
+longer knows the lease) and waiting.
 
 Exit codes: 0 whether KEY is held or free; 1 other error; 64 usage error;
 69 etcd unreachable or timed out.`,
@@ -172,6 +177,7 @@ type holderJSON struct {
 	HolderBytes     int        `json:"holder_bytes"`
 	HolderTruncated bool       `json:"holder_truncated"`
 	Token           int64      `json:"token"`
+	Since           int64      `json:"since"`
 	Revision        int64      `json:"revision"`
 	Lease           *leaseJSON `json:"lease"`
 	Waiting         int64      `json:"waiting"`
@@ -192,6 +198,7 @@ func (st lockState) writeJSON(w io.Writer) error {
 		HolderBytes:     len(st.holder),
 		HolderTruncated: cut,
 		Token:           st.token,
+		Since:           st.token,
 		Revision:        st.revision,
 		Waiting:         st.waiting,
 	}
