@@ -113,15 +113,16 @@ func oneKey(cmd string, p parsed) (string, error) {
 // etcd's concurrency.Mutex's): every key under KEY + "/" is a place in the
 // queue, and the one with the smallest create revision holds the lock.
 type lockState struct {
-	key      string
-	revision int64 // the cluster's revision when read
-	locked   bool
-	holder   []byte // the holder's value: its node ID
-	token    int64  // the holder's create revision
-	waiting  int64
-	lease    clientv3.LeaseID // 0 for a key without a lease
-	granted  int64            // the lease's granted TTL, in seconds
-	ttl      int64            // its remaining TTL in seconds; -1 when it is gone
+	key       string
+	revision  int64 // the cluster's revision when read
+	locked    bool
+	holder    []byte // the holder's value: its node ID
+	holderKey []byte // the holder's key, under key + "/"
+	token     int64  // the holder's create revision
+	waiting   int64
+	lease     clientv3.LeaseID // 0 for a key without a lease
+	granted   int64            // the lease's granted TTL, in seconds
+	ttl       int64            // its remaining TTL in seconds; -1 when it is gone
 }
 
 // readState reads the lock on key: the first key of its queue, the queue's
@@ -137,7 +138,7 @@ func readState(ctx context.Context, client *clientv3.Client, key string) (lockSt
 		return st, nil
 	}
 	kv := resp.Kvs[0]
-	st.locked, st.holder, st.token = true, kv.Value, kv.CreateRevision
+	st.locked, st.holder, st.holderKey, st.token = true, kv.Value, kv.Key, kv.CreateRevision
 	st.waiting = max(resp.Count-1, 0)
 	st.lease = clientv3.LeaseID(kv.Lease)
 	if st.lease != 0 {
