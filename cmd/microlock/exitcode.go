@@ -26,6 +26,12 @@ const (
 	exitLost        = 76 // the lock was lost while the command ran
 	exitCannotRun   = 126
 	exitNotFound    = 127
+
+	// break's verdicts. A holder that changed between break's read and its
+	// delete is a temporary failure too: a new look may find something else.
+	exitHolderChanged = exitLocked
+	exitNotConfirmed  = 77 // EX_NOPERM: not confirmed, by --force or on a terminal
+	exitFree          = 79 // nothing to break; past sysexits.h's codes, as no code there fits
 )
 
 // exitError carries an exit code to main. A nil err prints nothing: run

@@ -18,23 +18,28 @@ func holderHelp() help {
 		usage: "microlock holder [flags] KEY",
 		about: `
 Show who holds the lock KEY: the holder's node ID, its fencing token, since
-when it holds the lock, its lease, and how many others wait; or that KEY is
-free.
+when it is in line for the lock, its lease, and how many others wait; or
+that KEY is free.
 
-"Since when" is a revision, not a time: etcd records no wall-clock time for
-keys. The token is the create revision of the holder's key, which etcd's
-revision counter had reached when the holder queued for the lock; the output
-shows the cluster's current revision next to it. The lease line says how long
-the lock survives if its holder stops renewing it.
+"Since" is a revision, not a time: etcd records no wall-clock time for keys.
+It is the create revision of the holder's key, which etcd's revision counter
+had reached when the holder queued for the lock (it got the lock then, or
+later if others held it before), and it is also the holder's fencing token.
+The output shows next to it the cluster's revision when it was read, which
+every write to etcd advances, not only this lock's. The lease line says how
+long the lock survives if its holder stops renewing it.
 
 Values under KEY that are not node IDs (binary data, huge values) are printed
 quoted and cut at 4096 bytes.`,
 		examples: `  microlock holder jobs/nightly-report
   microlock holder --json jobs/nightly-report | jq -r .holder`,
 		extra: `JSON fields: key, locked, holder, holder_bytes, holder_truncated, token,
-revision (the cluster's current revision), lease (null when free or when the
-key has no lease; else id, granted_ttl_seconds, remaining_ttl_seconds, with
-remaining -1 when etcd no longer knows the lease) and waiting.
+since (the create revision of the holder's key: the revision at which the
+holder queued for the lock; equal to token, 0 when free), revision (the
+cluster's revision at which this was read; every write to etcd advances it),
+lease (null when free or when the key has no lease; else id,
+granted_ttl_seconds, remaining_ttl_seconds, with remaining -1 when etcd no
+longer knows the lease) and waiting.
 
 Exit codes: 0 whether KEY is held or free; 1 other error; 64 usage error;
 69 etcd unreachable or timed out.`,
@@ -108,15 +113,16 @@ func oneKey(cmd string, p parsed) (string, error) {
 // etcd's concurrency.Mutex's): every key under KEY + "/" is a place in the
 // queue, and the one with the smallest create revision holds the lock.
 type lockState struct {
-	key      string
-	revision int64 // the cluster's revision when read
-	locked   bool
-	holder   []byte // the holder's value: its node ID
-	token    int64  // the holder's create revision
-	waiting  int64
-	lease    clientv3.LeaseID // 0 for a key without a lease
-	granted  int64            // the lease's granted TTL, in seconds
-	ttl      int64            // its remaining TTL in seconds; -1 when it is gone
+	key       string
+	revision  int64 // the cluster's revision when read
+	locked    bool
+	holder    []byte // the holder's value: its node ID
+	holderKey []byte // the holder's key, under key + "/"
+	token     int64  // the holder's create revision
+	waiting   int64
+	lease     clientv3.LeaseID // 0 for a key without a lease
+	granted   int64            // the lease's granted TTL, in seconds
+	ttl       int64            // its remaining TTL in seconds; -1 when it is gone
 }
 
 // readState reads the lock on key: the first key of its queue, the queue's
@@ -132,7 +138,7 @@ func readState(ctx context.Context, client *clientv3.Client, key string) (lockSt
 		return st, nil
 	}
 	kv := resp.Kvs[0]
-	st.locked, st.holder, st.token = true, kv.Value, kv.CreateRevision
+	st.locked, st.holder, st.holderKey, st.token = true, kv.Value, kv.Key, kv.CreateRevision
 	st.waiting = max(resp.Count-1, 0)
 	st.lease = clientv3.LeaseID(kv.Lease)
 	if st.lease != 0 {
@@ -172,6 +178,7 @@ type holderJSON struct {
 	HolderBytes     int        `json:"holder_bytes"`
 	HolderTruncated bool       `json:"holder_truncated"`
 	Token           int64      `json:"token"`
+	Since           int64      `json:"since"`
 	Revision        int64      `json:"revision"`
 	Lease           *leaseJSON `json:"lease"`
 	Waiting         int64      `json:"waiting"`
@@ -192,6 +199,7 @@ func (st lockState) writeJSON(w io.Writer) error {
 		HolderBytes:     len(st.holder),
 		HolderTruncated: cut,
 		Token:           st.token,
+		Since:           st.token,
 		Revision:        st.revision,
 		Waiting:         st.waiting,
 	}

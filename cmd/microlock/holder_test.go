@@ -38,7 +38,7 @@ func TestHolder(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, fmt.Sprintf("%q is free", key)) {
 		t.Fatalf("holder of a free key: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
-	if h := holderJSONOf(t, key); h.Locked || h.Holder != "" || h.Token != 0 || h.Lease != nil || h.Revision == 0 || h.Key != key {
+	if h := holderJSONOf(t, key); h.Locked || h.Holder != "" || h.Token != 0 || h.Since != 0 || h.Lease != nil || h.Revision == 0 || h.Key != key {
 		t.Fatalf("holder --json of a free key: %+v", h)
 	}
 
@@ -63,11 +63,16 @@ func TestHolder(t *testing.T) {
 			t.Fatalf("holder of a held key: exit %d, stdout lacks %q:\n%s\nstderr: %s", code, want, stdout, stderr)
 		}
 	}
+	// A write elsewhere advances the cluster's revision, not the holder's.
+	if _, err := cli.Put(ctxTimeout(t, 5*time.Second), key+"-elsewhere", "x"); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Delete(context.Background(), key+"-elsewhere")
 	h := holderJSONOf(t, key)
 	if !h.Locked || h.Holder != "node-x" || h.HolderBytes != 6 || h.HolderTruncated || h.Token != m.Token() ||
-		h.Revision < h.Token || h.Waiting != 0 || h.Lease == nil || h.Lease.GrantedTTL != 5 ||
+		h.Since != m.Token() || h.Revision <= h.Since || h.Waiting != 0 || h.Lease == nil || h.Lease.GrantedTTL != 5 ||
 		h.Lease.RemainingTTL < 1 || h.Lease.RemainingTTL > 5 || h.Lease.ID == "" {
-		t.Fatalf("holder --json of a held key: %+v (lease %+v), want node-x with token %d", h, h.Lease, m.Token())
+		t.Fatalf("holder --json of a held key: %+v (lease %+v), want node-x with token and since %d, and a later revision", h, h.Lease, m.Token())
 	}
 
 	// A waiter shows in the count.

@@ -1,11 +1,13 @@
 //go:build unix
 
 // Command microlock runs a command under a distributed lock in etcd, shows
-// and watches who holds a lock, and demonstrates the microlock library.
+// and watches who holds a lock, breaks a stuck hold, and demonstrates the
+// microlock library.
 //
 //	microlock run [flags] KEY -- CMD [ARGS...]
 //	microlock holder [flags] KEY
 //	microlock watch [flags] KEY
+//	microlock break [flags] KEY
 //	microlock demo [flags]
 //
 // Locks are those of the microlock library, which are also those of etcd's
@@ -25,12 +27,13 @@ import (
 )
 
 func main() {
-	c := &cli{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	c := &cli{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	os.Exit(c.main(os.Args[1:]))
 }
 
 // cli is what the commands print to and read their environment from.
 type cli struct {
+	stdin          *os.File // break asks for confirmation on it when it is a terminal
 	stdout, stderr io.Writer
 	getenv         func(string) string
 }
@@ -42,6 +45,7 @@ Usage:
   microlock run [flags] KEY -- CMD [ARGS...]   run CMD while holding the lock KEY
   microlock holder [flags] KEY                 show who holds KEY
   microlock watch [flags] KEY                  print every change of KEY's holder
+  microlock break [flags] KEY                  end the current hold on KEY (a last resort)
   microlock demo [flags]                       watch the lock at work on a local etcd
   microlock help [COMMAND]                     show a command's help
 
@@ -56,6 +60,7 @@ func commands() map[string]command {
 		"run":    (*cli).run,
 		"holder": (*cli).holder,
 		"watch":  (*cli).watch,
+		"break":  (*cli).breakLock,
 		"demo":   (*cli).demo,
 	}
 }

@@ -111,9 +111,19 @@ func start(t *testing.T, env []string, args ...string) *proc {
 // startIn is start in the working directory dir.
 func startIn(t *testing.T, dir string, env []string, args ...string) *proc {
 	t.Helper()
+	return startWith(t, dir, nil, env, args...)
+}
+
+// startWith is startIn with stdin as the process's standard input (nil:
+// /dev/null).
+func startWith(t *testing.T, dir string, stdin *os.File, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, args: args, done: make(chan struct{})}
 	p.cmd = exec.Command(microlockBin, args...)
 	p.cmd.Dir = dir
+	if stdin != nil {
+		p.cmd.Stdin = stdin
+	}
 	p.cmd.Env = append(cleanEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {

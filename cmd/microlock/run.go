@@ -41,9 +41,17 @@ SIGKILL --grace later, both before etcd could let another holder in, and
 exits with 76. The lock is declared lost max(250ms, TTL/10) before etcd could
 expire it; 100ms of that is kept for delivering the signals.
 
-run releases the lock when CMD exits; processes that CMD started in the
-background and left running are neither waited for nor killed. CMD cannot
-read from the terminal (its process group is not the terminal's foreground).`,
+run releases the lock and exits as soon as CMD exits: processes that CMD
+started in the background and left running are neither waited for nor
+killed, and go on without the lock. While CMD runs they share its process
+group, so the signals that run passes on or sends reach them too.
+
+CMD's standard input is run's, but CMD cannot read from a terminal: its
+process group is not the terminal's foreground group, so the kernel stops it
+(SIGTTIN) as soon as it tries, and it stays stopped with the lock held. The
+SIGINT or SIGTERM that run passes on then waits until CMD's group gets
+SIGCONT (kill -CONT -PGID); SIGKILL, or microlock break KEY, ends it. Give
+CMD its input from a file or a pipe, or </dev/null.`,
 		examples: `  # Run the nightly report on one machine at a time; the others wait their turn.
   microlock run jobs/nightly-report -- ./nightly-report.sh
 

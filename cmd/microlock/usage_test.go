@@ -34,6 +34,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"run", "--endpoints", " , ", "k", "--", "true"}, "no etcd endpoints"},
 		{[]string{"holder"}, "missing KEY"},
 		{[]string{"holder", "a", "b"}, "one KEY expected"},
+		{[]string{"break"}, "missing KEY"},
+		{[]string{"break", "--force", "a", "b"}, "one KEY expected"},
+		{[]string{"break", "--force", ""}, "empty KEY"},
+		{[]string{"break", "--force=maybe", "k"}, "invalid boolean value"},
 		{[]string{"watch", "--json=maybe", "k"}, "invalid boolean value"},
 		{[]string{"demo", "extra"}, "takes no arguments"},
 		{[]string{"demo", "--etcd-binary", "/nonexistent/etcd"}, "--etcd-binary /nonexistent/etcd"},
@@ -53,6 +57,7 @@ func TestHelp(t *testing.T) {
 	for _, args := range [][]string{
 		{"help"}, {"--help"}, {"-h"},
 		{"run", "--help"}, {"holder", "-h"}, {"watch", "--help"}, {"demo", "--help"}, {"help", "run"},
+		{"break", "--help"}, {"help", "break"},
 		{"run", "k", "--help", "--", "true"},
 	} {
 		code, stdout, stderr := runMicrolock(t, args...)
@@ -63,10 +68,21 @@ func TestHelp(t *testing.T) {
 			t.Errorf("microlock %q has no examples:\n%s", args, stdout)
 		}
 	}
-	_, stdout, _ := runMicrolock(t, "run", "--help")
-	for _, want := range []string{"--endpoints", "ETCDCTL_ENDPOINTS", "--no-wait", "--grace", "Exit codes:", "76 "} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("run --help lacks %q", want)
+	for cmd, wants := range map[string][]string{
+		"run":    {"--endpoints", "ETCDCTL_ENDPOINTS", "--no-wait", "--grace", "Exit codes:", "76 "},
+		"holder": {"since (", "revision (", "--json"},
+		"break":  {"--force", "--json", "Exit codes:", "75 ", "77 ", "79 ", "--endpoints"},
+		"help":   {"microlock break"},
+	} {
+		args := []string{cmd, "--help"}
+		if cmd == "help" {
+			args = args[:1]
+		}
+		_, stdout, _ := runMicrolock(t, args...)
+		for _, want := range wants {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("microlock %q lacks %q", args, want)
+			}
 		}
 	}
 }
