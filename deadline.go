@@ -29,8 +29,15 @@ func grantTimeout(ttl int64) time.Duration {
 // lossDeadline is the instant a hold renewed by a request sent at t0 must be
 // considered lost.
 func lossDeadline(t0 time.Time, ttl time.Duration) time.Time {
-	margin := max(minMargin, ttl/10)
-	return t0.Add(time.Duration(float64(ttl)*(1-clockDrift)) - margin)
+	return t0.Add(time.Duration(float64(ttl)*(1-clockDrift)) - lossMargin(ttl))
+}
+
+func lossMargin(ttl time.Duration) time.Duration { return max(minMargin, ttl/10) }
+
+// earliestExpiry is the earliest instant etcd could expire a lease whose
+// loss deadline is deadline: t0 + T, by our clock.
+func earliestExpiry(deadline time.Time, ttl time.Duration) time.Time {
+	return deadline.Add(lossMargin(ttl) + time.Duration(float64(ttl)*clockDrift))
 }
 
 // armLocked sets the timer to the current deadline. l.mu is held.

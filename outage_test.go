@@ -125,3 +125,49 @@ func outage(t *testing.T, c *clientv3.Client, key string, kill, restart func()) 
 	}
 	return time.Since(start)
 }
+
+// TestRevokeAfterLossKeepsMargin: a hold lost to its deadline while etcd is
+// still reachable (the holder's renewals were cut off, its revoke is not) is
+// not revoked before etcd could have expired the lease by itself: the work
+// that was told to stop keeps the margin the deadline gave it before the
+// next holder can come in.
+func TestRevokeAfterLossKeepsMargin(t *testing.T) {
+	const ttl = 3 * time.Second
+	proxy := etcdtest.NewProxy(t, shared.Endpoints()[0])
+	c := clientVia(t, proxy.URL())
+	key := testKey(t)
+	m := newMutex(t, c, key, microlock.WithTTL(ttl))
+	ctx := ctxTimeout(t, 30*time.Second)
+	if err := m.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan time.Time, 1)
+	events := client(t).Watch(ctx, key+"/", clientv3.WithPrefix(), clientv3.WithFilterPut())
+	go func() {
+		for wr := range events {
+			if len(wr.Events) > 0 {
+				deleted <- time.Now()
+				return
+			}
+		}
+	}()
+	time.Sleep(ttl / 3) // a renewal or so, then nothing gets through
+	proxy.Blackhole()
+	select {
+	case <-m.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("no loss signal")
+	}
+	lost := time.Now()
+	proxy.Heal() // the revoke can get through from now on
+	select {
+	case at := <-deleted:
+		// The deadline is at least max(250 ms, TTL/10) before etcd's
+		// earliest expiry; allow a little for the timers.
+		if d := at.Sub(lost); d < 250*time.Millisecond {
+			t.Fatalf("the key was deleted %v after the loss signal, before etcd itself could have", d)
+		}
+	case <-time.After(2 * ttl):
+		t.Fatal("the lost lease's key was not deleted within two TTLs")
+	}
+}

@@ -20,11 +20,25 @@ const revokeLostFor = time.Hour
 // key would block its lock for one more TTL after etcd is healthy again. The
 // keys go the moment etcd answers the revoke.
 //
+// The first attempt waits until etcd itself could expire the lease (the
+// loss deadline plus its margin): the lost holds' work was told to stop at
+// the deadline, and a revoke must not let the next holder in any sooner
+// than etcd could have, or work that is still stopping would lose the
+// margin the deadline gave it. In an outage longer than that, the revoke
+// lands the moment etcd answers again.
+//
 // It runs on the lease's goroutine after done is closed, so that Close does
 // not wait for an outage to end: it stops when etcd answers, when the
 // client is closed, or after revokeLostFor. Every hold on the lease has ended
 // by now, so nothing still relies on the lease.
 func (l *lease) revokeAfterLoss() {
+	t := time.NewTimer(time.Until(earliestExpiry(l.currentDeadline(), l.ttl)))
+	select {
+	case <-t.C:
+	case <-l.client.Ctx().Done():
+		t.Stop()
+		return
+	}
 	stop := time.Now().Add(revokeLostFor)
 	pause := 100 * time.Millisecond
 	for time.Now().Before(stop) {
@@ -35,13 +49,13 @@ func (l *lease) revokeAfterLoss() {
 		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || !transient(err) || l.client.Ctx().Err() != nil {
 			return // revoked, gone already, refused for good, or the client closed
 		}
-		t := time.NewTimer(pause)
+		t.Reset(pause)
 		select {
 		case <-t.C:
 		case <-l.client.Ctx().Done():
 			t.Stop()
 			return
 		}
-		pause = min(2*pause, time.Second)
+		pause = min(2*pause, 500*time.Millisecond) // the revoke lands within this of etcd answering
 	}
 }
