@@ -83,7 +83,8 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 // deleted), Lock returns an error wrapping ErrLockLost. After Close, or if
 // Close runs meanwhile, Lock returns an error wrapping ErrClosed. With
 // NoWait, Lock makes one attempt, as TryLock does, and retries only
-// transient errors.
+// transient errors. Locks are not reentrant: if this Mutex already holds
+// the lock, Lock returns an *AlreadyLockedError naming this Mutex at once.
 func (m *Mutex) Lock(ctx context.Context) error {
 	return m.acquire(ctx, true)
 }

@@ -3,6 +3,7 @@ package microlock_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -175,5 +176,28 @@ func TestOwnCancellationsQuiet(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // anything the etcd client logs late
 	for _, e := range logs.All() {
 		t.Errorf("the etcd client logged: %s %v", e.Message, e.ContextMap())
+	}
+}
+
+// TestCancelledWording: every operation's error for a cancelled ctx reads
+// "microlock: <operation> <key>: context canceled", wherever the operation
+// was when it noticed.
+func TestCancelledWording(t *testing.T) {
+	key := testKey(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	m := newMutex(t, client(t), key)
+	want := fmt.Sprintf("microlock: locking %q: context canceled", key)
+	for name, err := range map[string]error{
+		"Lock":     m.Lock(ctx),
+		"TryLock":  m.TryLock(ctx),
+		"WithLock": microlock.WithLock(ctx, client(t), key, func(context.Context) error { return nil }),
+	} {
+		if err == nil || err.Error() != want {
+			t.Errorf("%s = %v, want %q", name, err, want)
+		}
+	}
+	if _, err := microlock.Watch(ctx, client(t), key); err == nil || err.Error() != fmt.Sprintf("microlock: watching %q: context canceled", key) {
+		t.Errorf("Watch = %v", err)
 	}
 }
