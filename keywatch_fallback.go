@@ -28,9 +28,24 @@ import (
 // genKey is the metadata that tells the client's watch streams apart.
 const genKey = "microlock-keywatch-generation"
 
-// watchContext is ctx for a client watch of generation gen.
+// watchContext is ctx for a client watch of generation gen. Every
+// generation, the first included, sends its key: the holds' watches never
+// share a stream with the waits'.
 func (w *keyWatch) watchContext(ctx context.Context, gen uint64) context.Context {
-	return clientv3.WithRequireLeader(metadata.AppendToOutgoingContext(ctx, genKey, strconv.FormatUint(gen, 10)))
+	return streamContext(ctx, genKey, gen+1)
+}
+
+// streamContext is ctx for a client watch on the gRPC stream of generation
+// gen, told apart by metadata key; generation 0 sends no key. The etcd
+// client puts watches whose contexts carry the same metadata on one stream,
+// so a new generation moves later watches off a stream stuck on a paused
+// member. WithRequireLeader: a member cut off from its cluster ends the
+// stream instead of keeping it silently stale.
+func streamContext(ctx context.Context, key string, gen uint64) context.Context {
+	if gen != 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, key, strconv.FormatUint(gen, 10))
+	}
+	return clientv3.WithRequireLeader(ctx)
 }
 
 // follow watches e's key through client.Watcher until e.ctx ends.

@@ -3,13 +3,11 @@ package microlock
 import (
 	"context"
 	"errors"
-	"strconv"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -119,14 +117,10 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 // transient error; the caller retries, and the retry goes to another member.
 func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
 	d := attemptTimeout(h.lease.ttl)
-	// WithRequireLeader: a member cut off from its cluster closes the watch
-	// instead of keeping it silently stale. The lease's anchor, with the same
-	// metadata, keeps the client's watch stream open for the next wait.
-	wctx := clientv3.WithRequireLeader(ctx)
+	// The lease's anchor, with the same metadata, keeps the client's watch
+	// stream open for the next wait.
 	gen := h.lease.waitGen.Load()
-	if gen != 0 {
-		wctx = metadata.AppendToOutgoingContext(wctx, watchGenKey, strconv.FormatUint(gen, 10))
-	}
+	wctx := streamContext(ctx, watchGenKey, gen)
 	h.lease.anchorWaits(m.pfx, gen)
 	wctx, cancel := context.WithCancelCause(wctx)
 	defer cancel(nil)

@@ -2,12 +2,10 @@ package microlock
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
 )
 
 // anchorMaxPause bounds the pause before an anchor watch that the client
@@ -54,11 +52,8 @@ func (a *waitAnchor) start(client *clientv3.Client, key string, gen uint64) {
 		a.cancel() // its goroutine returns without waiting on the network
 	}
 	a.on, a.gen = true, gen
-	ctx := clientv3.WithRequireLeader(context.Background())
-	if gen != 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, watchGenKey, strconv.FormatUint(gen, 10))
-	}
-	ctx, a.cancel = context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(streamContext(context.Background(), watchGenKey, gen))
+	a.cancel = cancel
 	a.wg.Add(1)
 	go a.run(ctx, client, key)
 }
