@@ -9,7 +9,8 @@ import (
 )
 
 // Holder reads, once, who holds key: a Locked event with the holder's value
-// and fencing token, or Unlocked when the key is free. It sees every holder
+// and fencing token, or Unlocked when the key is free. For a semaphore or a
+// shared lock, Holders says how many hold it and HeldBy lists them. It sees every holder
 // that uses the same layout: microlock's Mutex and Lead, etcd's
 // concurrency.Mutex and Election, etcdctl lock and etcdctl elect.
 //

@@ -18,6 +18,7 @@ type Mutex struct {
 	key    string // as the caller gave it
 	pfx    string // key + "/": the queue's prefix in etcd
 	opts   *options
+	adm    admission // who may hold at once: exclusive, shared or a permit
 
 	op chan struct{} // one Lock, TryLock, Unlock or Close at a time
 
@@ -50,6 +51,7 @@ func New(client *clientv3.Client, key string, opts ...Option) (*Mutex, error) {
 		key:    key,
 		pfx:    key + "/",
 		opts:   o,
+		adm:    newAdmission(o),
 		op:     make(chan struct{}, 1),
 	}, nil
 }

@@ -45,6 +45,8 @@ type options struct {
 	newBackoff func() backoff.BackOff
 	hook       func(Event)
 	noWait     bool
+	limit      int  // WithLimit; 0 when not given
+	shared     bool // Shared
 	errs       []error // collected while applying, reported by validate
 }
 
@@ -140,6 +142,9 @@ func newOptions(opts []Option) (*options, error) {
 			continue
 		}
 		opt.apply(o)
+	}
+	if o.shared && o.limit != 0 {
+		o.errs = append(o.errs, errors.New("microlock: WithLimit and Shared cannot be combined: a semaphore's permits and a shared lock's holds are different admission rules"))
 	}
 	if len(o.errs) > 0 {
 		return nil, errors.Join(o.errs...)
