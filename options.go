@@ -45,8 +45,8 @@ type options struct {
 	newBackoff func() backoff.BackOff
 	hook       func(Event)
 	noWait     bool
-	limit      int  // WithLimit; 0 when not given
-	shared     bool // Shared
+	limit      int     // WithLimit; 0 when not given
+	shared     bool    // Shared
 	errs       []error // collected while applying, reported by validate
 }
 
