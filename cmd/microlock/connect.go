@@ -5,12 +5,13 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"flag"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -36,7 +37,7 @@ func isConnFlag(name string) bool {
 	return false
 }
 
-func addConnFlags(fs *flag.FlagSet) *connFlags {
+func addConnFlags(fs *pflag.FlagSet) *connFlags {
 	c := &connFlags{endpoints: "127.0.0.1:2379", dialTimeout: 2 * time.Second, commandTimeout: 5 * time.Second}
 	fs.StringVar(&c.endpoints, "endpoints", c.endpoints, "comma-separated etcd `endpoints` (host:port, http://host:port or https://host:port)")
 	fs.Var(durationFlag{&c.dialTimeout}, "dial-timeout", "`time` allowed for authenticating (--user) when connecting; each request has --command-timeout")
@@ -52,20 +53,24 @@ func addConnFlags(fs *flag.FlagSet) *connFlags {
 
 // applyEnv sets, from ETCDCTL_<NAME> variables, the connection flags that
 // were not given on the command line, except those in skip.
-func (c *connFlags) applyEnv(fs *flag.FlagSet, getenv func(string) string, skip ...string) error {
+func (c *connFlags) applyEnv(fs *pflag.FlagSet, getenv func(string) string, skip ...string) error {
 	given := make(map[string]bool)
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
 	for _, s := range skip {
 		given[s] = true
 	}
 	var err error
-	fs.VisitAll(func(f *flag.Flag) {
+	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || !isConnFlag(f.Name) || given[f.Name] {
 			return
 		}
 		env := "ETCDCTL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v := getenv(env); v != "" {
 			if serr := fs.Set(f.Name, v); serr != nil {
+				// The value's own complaint: the variable names the flag.
+				if cause := errors.Unwrap(serr); cause != nil {
+					serr = cause
+				}
 				err = usageErrorf("%s: %s=%q: %v", fs.Name(), env, v, serr)
 			}
 		}

@@ -100,4 +100,10 @@ func TestParse(t *testing.T) {
 	if err != nil || !*j || len(p.args) != 1 || p.args[0] != "KEY" || !p.hasDash || strings.Join(p.rest, " ") != "-odd --" {
 		t.Fatalf("parse = %+v, %v (json %v)", p, err, *j)
 	}
+	// No "--": everything that is not a flag is an argument.
+	fs = newFlagSet("x")
+	p, err = parse(fs, []string{"a", "b"})
+	if err != nil || p.hasDash || strings.Join(p.args, " ") != "a b" || len(p.rest) != 0 {
+		t.Fatalf("parse without --: %+v, %v", p, err)
+	}
 }
