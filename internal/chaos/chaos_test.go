@@ -65,7 +65,14 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault-injection suite runs for minutes")
 	}
-	p := profile(t)
+	suite(t, profile(t), []chaos.Variant{chaos.Plain, chaos.Fenced}, "chaos-report.txt")
+}
+
+// suite runs the variants in turn, each on a fresh cluster, fails on any
+// violation that the checks forbid, and logs the table and writes it to a
+// file: the file named by MICROLOCK_CHAOS_REPORT with name's suffix after
+// "chaos-report", or name in the test's artifact directory.
+func suite(t *testing.T, p chaos.Profile, variants []chaos.Variant, name string) {
 	if p.Name == "full" {
 		t.Logf("profile full, seed %d (replay with %s=full %s=%d)", p.Seed, envProfile, envSeed, p.Seed)
 	} else {
@@ -75,7 +82,7 @@ func TestChaos(t *testing.T) {
 
 	var results []*chaos.Result
 	version := "?"
-	for _, v := range []chaos.Variant{chaos.Plain, chaos.Fenced} {
+	for _, v := range variants {
 		t.Run(string(v), func(t *testing.T) {
 			res, ver := runVariant(t, bin, p, v)
 			results, version = append(results, res), ver
@@ -101,7 +108,9 @@ func TestChaos(t *testing.T) {
 	t.Log("\n" + report)
 	path := os.Getenv(envReport)
 	if path == "" {
-		path = filepath.Join(t.ArtifactDir(), "chaos-report.txt")
+		path = filepath.Join(t.ArtifactDir(), name)
+	} else if suffix := strings.TrimPrefix(strings.TrimSuffix(name, ".txt"), "chaos-report"); suffix != "" {
+		path = strings.TrimSuffix(path, ".txt") + suffix + ".txt"
 	}
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
 		t.Errorf("writing the report: %v", err)
