@@ -88,6 +88,12 @@ func rangeKvs(resps []*pb.ResponseOp) [][]*mvccpb.KeyValue {
 // waitTurn returns when h's key holds. progress is called each time a key
 // it waited for goes. If h's key goes, h is lost and waitTurn returns why.
 func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func()) error {
+	var w *waiting // the watches, kept from one wake-up to the next
+	defer func() {
+		if w != nil {
+			w.close()
+		}
+	}()
 	for {
 		if p.wait == nil {
 			held, ownGone, err := m.lookAgain(ctx, h, &p)
@@ -101,7 +107,11 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 				return nil
 			}
 		}
-		ownGone, err := m.waitDelete(ctx, h, p)
+		if w == nil {
+			w = m.startWaiting(ctx, h)
+		}
+		w.follow(p)
+		ownGone, err := w.waitDelete(ctx)
 		if err != nil {
 			return err
 		}

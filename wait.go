@@ -10,48 +10,129 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// waitDelete waits until one of the keys in p.wait or h's own key is
-// deleted, and reports whether it was h's.
+// waiting is a waiter's watches while it waits its turn: one on its own
+// key, kept for the whole wait, and one on each key in place.wait, kept
+// from one wake-up to the next while the key stays in the set. A permit
+// waiter watches up to limit keys, and a release changes one of them: it
+// opens one new watch, not limit new ones.
 //
-// The watches start at the present, not at p.readAt: etcd serves a watch
-// that starts in the past from its slow path, which catches up only every
-// 100 ms, and under contention the revision has always moved on by the time
-// the watch is created. What happened between p.readAt and the watches'
-// start is read once instead, after all are in place.
+// The watches start at the present, not at place.readAt: etcd serves a
+// watch that starts in the past from its slow path, which catches up only
+// every 100 ms, and under contention the revision has always moved on by
+// the time the watch is created. What happened between readAt and the new
+// watches' start is read once instead, after all are in place.
 //
-// Creating the watches and that read are each bounded by attemptTimeout: a
+// Creating watches and that read are each bounded by attemptTimeout: a
 // member that is paused or cut off never answers, and the waiter (and every
 // waiter behind it) would wait for as long as ctx lasts. A timeout is a
 // transient error; the caller retries, and the retry goes to another member.
-func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
-	w := &waiting{m: m, h: h, p: p, d: attemptTimeout(h.lease.ttl)}
+type waiting struct {
+	m       *Mutex
+	h       *hold
+	p       place
+	d       time.Duration // bounds each step that waits on a member
+	gen     uint64        // the watch stream generation of the watches
+	wctx    context.Context
+	cancel  context.CancelCauseFunc
+	own     clientv3.WatchChan
+	ahead   map[string]*aheadWatch // by key
+	created *time.Timer            // ends wctx if new watches are not created in time
+	recheck *time.Timer
+	pending int   // watches not yet created
+	fresh   int64 // the latest revision at which a pending watch was created
+	settle  bool  // the last pending watches were closed: all are in place
+}
+
+// aheadWatch is the watch of one key in place.wait.
+type aheadWatch struct {
+	rev     int64 // the key's create revision
+	ch      clientv3.WatchChan
+	cancel  context.CancelFunc
+	created bool // etcd said it is in place
+}
+
+// startWaiting opens the watch of h's own key.
+func (m *Mutex) startWaiting(ctx context.Context, h *hold) *waiting {
+	w := &waiting{m: m, h: h, d: attemptTimeout(h.lease.ttl), ahead: make(map[string]*aheadWatch)}
 	// The lease's anchor, with the same metadata, keeps the client's watch
 	// stream open for the next wait.
 	w.gen = h.lease.waitGen.Load()
 	wctx := streamContext(ctx, watchGenKey, w.gen)
 	h.lease.anchorWaits(m.pfx, w.gen)
-	wctx, cancel := context.WithCancelCause(wctx)
-	defer cancel(nil)
-	w.wctx = wctx
+	w.wctx, w.cancel = context.WithCancelCause(wctx)
 	// Armed before Watch, which itself waits for the "created" reply.
-	w.created = time.AfterFunc(w.d, func() { cancel(errTimedOut) })
-	defer w.created.Stop()
-	// The keys ahead first, then our own, then the recheck timer: the
-	// index of a select case says which fired.
-	cases := make([]reflect.SelectCase, 0, len(p.wait)+2)
-	for _, k := range p.wait {
-		ch := m.client.Watch(wctx, k.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-	}
-	ch := m.client.Watch(wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+	w.created = time.AfterFunc(w.d, func() { w.cancel(errTimedOut) })
+	w.pending = 1
+	w.own = m.client.Watch(w.wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
 	// Once the watches are in place, the queue is read again every
 	// recheckEvery: a member that pauses after it created them delivers
 	// nothing, and nothing else would tell.
 	w.recheck = time.NewTimer(time.Hour)
 	w.recheck.Stop()
-	defer w.recheck.Stop()
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.recheck.C)})
+	return w
+}
+
+// close ends the watches.
+func (w *waiting) close() {
+	w.cancel(nil)
+	w.created.Stop()
+	w.recheck.Stop()
+}
+
+// follow makes the watched keys those of p.wait: it closes the watches of
+// keys no longer there and opens watches for the new ones.
+func (w *waiting) follow(p place) {
+	w.p = p
+	want := make(map[string]int64, len(p.wait))
+	for _, k := range p.wait {
+		want[k.key] = k.rev
+	}
+	for key, aw := range w.ahead {
+		if rev, ok := want[key]; !ok || rev != aw.rev {
+			aw.cancel() // what it still holds is dropped with it
+			delete(w.ahead, key)
+			if !aw.created {
+				w.pending--
+				w.settle = w.pending == 0
+			}
+		}
+	}
+	opened := false
+	for _, k := range p.wait {
+		if _, ok := w.ahead[k.key]; ok {
+			continue
+		}
+		if !opened && w.pending == 0 {
+			w.recheck.Stop()
+			w.created.Reset(w.d)
+			w.fresh = 0
+		}
+		opened, w.settle = true, false
+		ctx, cancel := context.WithCancel(w.wctx)
+		ch := w.m.client.Watch(ctx, k.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
+		w.ahead[k.key] = &aheadWatch{rev: k.rev, ch: ch, cancel: cancel}
+		w.pending++
+	}
+}
+
+// waitDelete waits until one of the keys in place.wait or h's own key is
+// deleted, and reports whether it was h's.
+func (w *waiting) waitDelete(ctx context.Context) (ownGone bool, err error) {
+	// The keys ahead first, then our own, then the recheck timer: the
+	// index of a select case says which fired.
+	cases := make([]reflect.SelectCase, 0, len(w.p.wait)+2)
+	for _, k := range w.p.wait {
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ahead[k.key].ch)})
+	}
+	cases = append(cases,
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.own)},
+		reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.recheck.C)})
+	if w.settle {
+		w.settle = false
+		if done, ownGone, err := w.inPlace(ctx); done {
+			return ownGone, err
+		}
+	}
 	for {
 		i, v, ok := reflect.Select(cases)
 		if i == len(cases)-1 {
@@ -64,52 +145,49 @@ func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool,
 			return false, w.closed(ctx)
 		}
 		wr := v.Interface().(clientv3.WatchResponse)
-		if done, ownGone, err := w.response(ctx, wr, i == len(p.wait)); done {
+		var aw *aheadWatch // nil for our own key's watch
+		if i < len(w.p.wait) {
+			aw = w.ahead[w.p.wait[i].key]
+		}
+		if done, ownGone, err := w.response(ctx, wr, aw); done {
 			return ownGone, err
 		}
 	}
 }
 
-// waiting is the state of one waitDelete.
-type waiting struct {
-	m        *Mutex
-	h        *hold
-	p        place
-	d        time.Duration // bounds each step that waits on a member
-	gen      uint64        // the watch stream generation of the watches
-	wctx     context.Context
-	created  *time.Timer // ends wctx if the watches are not all created in time
-	recheck  *time.Timer
-	nCreated int
-	startRev int64 // the latest revision at which a watch was created
-}
-
-// response handles one watch response; own says it is of h's own key. It
-// reports done when waitDelete should return ownGone and err.
-func (w *waiting) response(ctx context.Context, wr clientv3.WatchResponse, own bool) (done, ownGone bool, err error) {
+// response handles one watch response, of aw or, if nil, of h's own key.
+// It reports done when waitDelete should return ownGone and err.
+func (w *waiting) response(ctx context.Context, wr clientv3.WatchResponse, aw *aheadWatch) (done, ownGone bool, err error) {
 	if err := wr.Err(); err != nil {
 		return true, false, err
 	}
 	for _, ev := range wr.Events {
 		if ev.Type == mvccpb.DELETE {
-			return true, own, nil
+			return true, aw == nil, nil
 		}
 	}
 	if !wr.Created {
 		return false, false, nil
 	}
-	w.startRev = max(w.startRev, wr.Header.Revision)
-	if w.nCreated++; w.nCreated < len(w.p.wait)+1 {
+	if aw != nil {
+		aw.created = true
+	}
+	w.fresh = max(w.fresh, wr.Header.Revision)
+	if w.pending--; w.pending > 0 {
 		return false, false, nil
 	}
-	// All watches are in place, and may now wait as long as the lock is
-	// held.
+	return w.inPlace(ctx)
+}
+
+// inPlace runs once every watch is in place: they may now wait as long as
+// the lock is held, and what happened before they were is read once.
+func (w *waiting) inPlace(ctx context.Context) (done, ownGone bool, err error) {
 	w.created.Stop()
 	w.recheck.Reset(recheckEvery(w.h.lease.ttl))
-	if w.startRev <= w.p.readAt {
+	if w.fresh <= w.p.readAt {
 		return false, false, nil // nothing can have been missed
 	}
-	// Read what happened before the watches were in place.
+	// Read what happened before the new watches were in place.
 	ownGone, aheadGone, err := w.m.readPlace(ctx, w.h, w.p, w.d)
 	if err != nil || ownGone || aheadGone {
 		return true, ownGone, err
