@@ -90,10 +90,11 @@ func keyRule(pfx string, key []byte) admission {
 	case strings.HasPrefix(name, sharedTag):
 		return admission{limit: 1, shared: true, tag: sharedTag}
 	case strings.HasPrefix(name, permitTag):
-		rest := name[len(permitTag):]
-		i := strings.IndexByte(rest, ':')
-		if n, err := strconv.Atoi(rest[:max(i, 0)]); i > 0 && err == nil && n > 1 && rest[:i] == strconv.Itoa(n) {
-			return admission{limit: n, tag: permitTag + rest[:i+1]}
+		digits, _, ok := strings.Cut(name[len(permitTag):], ":")
+		n, err := strconv.Atoi(digits)
+		// Only the names WithLimit writes: 2 to MaxLimit, in plain decimal.
+		if ok && err == nil && n > 1 && n <= MaxLimit && digits == strconv.Itoa(n) {
+			return admission{limit: n, tag: permitTag + digits + ":"}
 		}
 	}
 	return admission{limit: 1}

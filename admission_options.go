@@ -54,3 +54,16 @@ func WithLimit(n int) Option {
 func Shared() Option {
 	return optionFunc(func(o *options) { o.shared = true })
 }
+
+// exclusiveOnly refuses, for what (an API that needs one holder at a time,
+// such as leader election), a Shared or WithLimit option other than
+// WithLimit(1).
+func (o *options) exclusiveOnly(what string) error {
+	switch {
+	case o.shared:
+		return fmt.Errorf("microlock: %s cannot be combined with Shared: it needs one holder at a time", what)
+	case o.limit > 1:
+		return fmt.Errorf("microlock: %s cannot be combined with WithLimit(%d): it needs one holder at a time", what, o.limit)
+	}
+	return nil
+}
