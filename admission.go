@@ -162,7 +162,16 @@ func (a admission) aheadReads(pfx string, maxRev int64) []clientv3.Op {
 			clientv3.OpGet(pfx+"~s;", append(last, clientv3.WithRange(end), clientv3.WithLimit(1))...),
 		}
 	}
-	return []clientv3.Op{clientv3.OpGet(pfx, append(last, clientv3.WithPrefix(), clientv3.WithLimit(int64(a.limit)))...)}
+	return []clientv3.Op{clientv3.OpGet(pfx, append(last, clientv3.WithPrefix(), clientv3.WithLimit(int64(a.readAhead())))...)}
+}
+
+// readAhead is how many keys ahead a waiter reads: limit, and for a permit
+// twice that, so that a wake-up that leaves limit of them needs no read.
+func (a admission) readAhead() int {
+	if a.limit > 1 {
+		return 2 * a.limit
+	}
+	return a.limit
 }
 
 // keyRev is a key of the queue and its create revision.
@@ -173,9 +182,10 @@ type keyRev struct {
 
 // admit decides, from the responses of aheadReads (the keys ahead, each
 // read nearest first), whether a key of this rule holds. If not, it returns
-// the keys whose deletion can admit it: the ones to watch. It returns
-// ErrMismatch if an exclusive lock finds a permit ahead of it.
-func (m *Mutex) admit(reads [][]*mvccpb.KeyValue) (held bool, wait []keyRev, err error) {
+// the keys ahead that can hold it back, nearest first: the limit nearest of
+// them are the ones to watch (see place). It returns ErrMismatch if an
+// exclusive lock finds a permit ahead of it.
+func (m *Mutex) admit(reads [][]*mvccpb.KeyValue) (held bool, known []keyRev, err error) {
 	a := m.adm
 	var ahead []*mvccpb.KeyValue
 	for _, kvs := range reads {
@@ -213,11 +223,11 @@ func (m *Mutex) admit(reads [][]*mvccpb.KeyValue) (held bool, wait []keyRev, err
 	// the limit nearest must go first: watching them misses nothing, and a
 	// release wakes at most limit waiters. A key of another rule among
 	// fewer than limit is an exclusive barrier, watched all the same.
-	wait = make([]keyRev, len(ahead))
+	known = make([]keyRev, len(ahead))
 	for i, kv := range ahead {
-		wait[i] = keyRev{string(kv.Key), kv.CreateRevision}
+		known[i] = keyRev{string(kv.Key), kv.CreateRevision}
 	}
-	return false, wait, nil
+	return false, known, nil
 }
 
 // tryTxn is the shape of TryLock's one Txn for a rule: put is the write of

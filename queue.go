@@ -3,6 +3,7 @@ package microlock
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -25,10 +26,37 @@ import (
 // (nil when they must be looked up), and the revision at which this was
 // read. For an exclusive lock that is the key just ahead; see admit for the
 // others.
+//
+// known are the keys ahead that the last read found, nearest first, less
+// those seen to go since; wait is the limit nearest of them. A permit reads
+// twice its limit: when one it waits for goes and limit of the others
+// remain, it cannot hold yet by what it knows, and waits for the next of
+// them without reading the queue again. What it does not know can only be
+// more deletions: then one of the limit nearest it knows of is gone, and
+// the read made once the new watch is in place (waiting.inPlace) finds it.
+// It holds only on a read of the queue.
 type place struct {
 	rev    int64
 	wait   []keyRev
+	known  []keyRev
 	readAt int64
+}
+
+// setKnown sets known and wait to the keys ahead in known.
+func (p *place) setKnown(known []keyRev, limit int) {
+	p.known, p.wait = known, known[:min(len(known), limit)]
+	if known == nil {
+		p.wait = nil
+	}
+}
+
+// gone is place after key went; wait is nil if the queue must be read.
+func (p *place) gone(key string, limit int) {
+	known := slices.DeleteFunc(slices.Clone(p.known), func(k keyRev) bool { return k.key == key })
+	if key == "" || len(known) < limit {
+		known = nil
+	}
+	p.setKnown(known, limit)
 }
 
 // enqueue writes h's key at the end of the queue unless it is already there
@@ -72,7 +100,9 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 		return place{}, false, errors.New("microlock: the queue changed under a Txn")
 	}
 	p.rev = resp.Header.Revision
-	first, p.wait, err = m.admit(rangeKvs(resp.Responses[:len(reads)]))
+	var known []keyRev
+	first, known, err = m.admit(rangeKvs(resp.Responses[:len(reads)]))
+	p.setKnown(known, m.adm.limit)
 	return p, first, err
 }
 
@@ -111,7 +141,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			w = m.startWaiting(ctx, h)
 		}
 		w.follow(p)
-		ownGone, err := w.waitDelete(ctx)
+		ownGone, gone, err := w.waitDelete(ctx)
 		if err != nil {
 			return err
 		}
@@ -120,7 +150,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			return context.Cause(h.ctx)
 		}
 		progress()
-		p.wait = nil
+		p.gone(gone, m.adm.limit)
 	}
 }
 
@@ -142,8 +172,8 @@ func (m *Mutex) lookAgain(ctx context.Context, h *hold, p *place) (held, ownGone
 		all := rangeKvs(resp.Responses)
 		own, ahead = all[0], all[1:]
 	} else {
-		// Our key and the limit keys just ahead of it, in one read.
-		opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(int64(m.adm.limit+1)))
+		// Our key and the keys just ahead of it, in one read.
+		opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(int64(m.adm.readAhead()+1)))
 		resp, err := m.client.Get(gctx, m.pfx, opts...)
 		if err = timedOut(gctx, err); err != nil {
 			return false, false, err
@@ -156,7 +186,9 @@ func (m *Mutex) lookAgain(ctx context.Context, h *hold, p *place) (held, ownGone
 	if len(own) == 0 || string(own[0].Key) != h.key {
 		return false, true, nil
 	}
-	held, p.wait, err = m.admit(ahead)
+	var known []keyRev
+	held, known, err = m.admit(ahead)
+	p.setKnown(known, m.adm.limit)
 	return held, false, err
 }
 

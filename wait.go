@@ -45,6 +45,7 @@ type waiting struct {
 
 // aheadWatch is the watch of one key in place.wait.
 type aheadWatch struct {
+	key     string
 	rev     int64 // the key's create revision
 	ch      clientv3.WatchChan
 	cancel  context.CancelFunc
@@ -110,14 +111,15 @@ func (w *waiting) follow(p place) {
 		opened, w.settle = true, false
 		ctx, cancel := context.WithCancel(w.wctx)
 		ch := w.m.client.Watch(ctx, k.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-		w.ahead[k.key] = &aheadWatch{rev: k.rev, ch: ch, cancel: cancel}
+		w.ahead[k.key] = &aheadWatch{key: k.key, rev: k.rev, ch: ch, cancel: cancel}
 		w.pending++
 	}
 }
 
 // waitDelete waits until one of the keys in place.wait or h's own key is
-// deleted, and reports whether it was h's.
-func (w *waiting) waitDelete(ctx context.Context) (ownGone bool, err error) {
+// deleted, and reports whether it was h's, or else which key it was ("":
+// one or more, found by a read).
+func (w *waiting) waitDelete(ctx context.Context) (ownGone bool, gone string, err error) {
 	// The keys ahead first, then our own, then the recheck timer: the
 	// index of a select case says which fired.
 	cases := make([]reflect.SelectCase, 0, len(w.p.wait)+2)
@@ -130,41 +132,54 @@ func (w *waiting) waitDelete(ctx context.Context) (ownGone bool, err error) {
 	if w.settle {
 		w.settle = false
 		if done, ownGone, err := w.inPlace(ctx); done {
-			return ownGone, err
+			return ownGone, "", err
 		}
 	}
 	for {
 		i, v, ok := reflect.Select(cases)
 		if i == len(cases)-1 {
 			if done, ownGone, err := w.recheckNow(ctx); done {
-				return ownGone, err
+				return ownGone, "", err
 			}
 			continue
 		}
 		if !ok {
-			return false, w.closed(ctx)
+			return false, "", w.closed(ctx)
 		}
 		wr := v.Interface().(clientv3.WatchResponse)
 		var aw *aheadWatch // nil for our own key's watch
 		if i < len(w.p.wait) {
 			aw = w.ahead[w.p.wait[i].key]
 		}
+		if deleted(wr) {
+			if aw == nil {
+				return true, "", nil
+			}
+			return false, aw.key, nil
+		}
 		if done, ownGone, err := w.response(ctx, wr, aw); done {
-			return ownGone, err
+			return ownGone, "", err
 		}
 	}
 }
 
-// response handles one watch response, of aw or, if nil, of h's own key.
-// It reports done when waitDelete should return ownGone and err.
+// deleted reports whether wr, a response of a watch that filters out puts,
+// says its key was deleted.
+func deleted(wr clientv3.WatchResponse) bool {
+	for _, ev := range wr.Events {
+		if ev.Type == mvccpb.DELETE {
+			return true
+		}
+	}
+	return false
+}
+
+// response handles one watch response that reports no deletion, of aw or,
+// if nil, of h's own key. It reports done when waitDelete should return
+// ownGone and err.
 func (w *waiting) response(ctx context.Context, wr clientv3.WatchResponse, aw *aheadWatch) (done, ownGone bool, err error) {
 	if err := wr.Err(); err != nil {
 		return true, false, err
-	}
-	for _, ev := range wr.Events {
-		if ev.Type == mvccpb.DELETE {
-			return true, aw == nil, nil
-		}
 	}
 	if !wr.Created {
 		return false, false, nil
