@@ -67,6 +67,7 @@ func TestSemaphoreHolderDeath(t *testing.T) {
 				notYet(t, "the waiter", got)
 			}
 			proxy.Blackhole()
+			cutAt := time.Now()
 			if err := <-got; err != nil {
 				t.Fatalf("the waiter's Lock: %v", err)
 			}
@@ -78,6 +79,8 @@ func TestSemaphoreHolderDeath(t *testing.T) {
 			if !cancelledAt.Before(takenAt) {
 				t.Fatalf("the dead holder was told %v after its permit was handed on", cancelledAt.Sub(takenAt))
 			}
+			t.Logf("TTL %v: cut → loss signal %v, cut → permit handed on %v", ttl,
+				cancelledAt.Sub(cutAt).Round(time.Millisecond), takenAt.Sub(cutAt).Round(time.Millisecond))
 			if keys := keysUnder(t, c, key); rule.name != "shared" && len(keys) != 2 {
 				t.Fatalf("queue %v, want the two live holders' keys", keys)
 			}

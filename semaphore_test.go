@@ -314,3 +314,37 @@ func TestSemaphoreWatchCounts(t *testing.T) {
 		t.Fatalf("after a release: %+v, want 2 holders, the oldest %d", ev, ms[1].Token())
 	}
 }
+
+// TestLimitOneIsMutex: WithLimit(1) is the ordinary Mutex: the same key
+// name, and the same exclusion of a plain Mutex and of etcd's Mutex, in
+// both directions, with no ErrMismatch.
+func TestLimitOneIsMutex(t *testing.T) {
+	c := client(t)
+	key := testKey(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	one := newMutex(t, c, key, microlock.WithLimit(1), microlock.WithNodeID("one"))
+	plain := newMutex(t, c, key, microlock.WithNodeID("plain"))
+	if err := one.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	keys := keysUnder(t, c, key)
+	if len(keys) != 1 || strings.Contains(keys[0], "~") {
+		t.Fatalf("WithLimit(1)'s key is %v, want a plain Mutex's", keys)
+	}
+	var ale *microlock.AlreadyLockedError
+	if err := plain.TryLock(ctx); !errors.As(err, &ale) || ale.Holder != "one" {
+		t.Fatalf("a Mutex's TryLock under WithLimit(1) = %v, want *AlreadyLockedError naming it", err)
+	}
+	got := lockAsync(ctx, plain)
+	queueLen(t, c, key, 2)
+	notYet(t, "the Mutex's Lock", got)
+	if err := one.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if err := one.TryLock(ctx); !errors.As(err, &ale) || ale.Holder != "plain" {
+		t.Fatalf("WithLimit(1)'s TryLock under a Mutex = %v, want *AlreadyLockedError naming it", err)
+	}
+}
