@@ -185,82 +185,102 @@ func (s holdStats) report(b *testing.B) {
 // if more than limit hold at once (limit > 0), or if a hold for which
 // exclusive(who, n) is true overlaps any other.
 func runHolders(b *testing.B, hs []holder, limit int, exclusive func(who, n int) bool, hold time.Duration) holdStats {
-	c := len(hs)
-	total := max(b.N, minRounds*c)
-	ctx, cancel := context.WithCancel(context.Background())
+	r := &holdRun{limit: limit, exclusive: exclusive, hold: hold,
+		total: int64(max(b.N, minRounds*len(hs))), counts: make([]int, len(hs)), waits: make([][]time.Duration, len(hs))}
+	var cancel context.CancelFunc
+	r.ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	var inside, writers atomic.Int32
-	var taken atomic.Int64
-	var mu sync.Mutex
-	var failure error
-	fail := func(err error) {
-		mu.Lock()
-		failure = errors.Join(failure, err)
-		mu.Unlock()
-		cancel()
-	}
-	counts := make([]int, c)
-	waits := make([][]time.Duration, c)
-	var first, last atomic.Int64 // unix ns of the first and the last hold taken
+	r.cancel = cancel
 	var wg sync.WaitGroup
 	b.ResetTimer()
 	for i, h := range hs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for n := 1; taken.Load() < int64(total); n++ {
-				t0 := time.Now()
-				release, err := h(ctx)
-				if err != nil {
-					if ctx.Err() == nil {
-						fail(fmt.Errorf("contender %d: %w", i, err))
-					}
-					return
-				}
-				now := time.Now()
-				first.CompareAndSwap(0, now.UnixNano())
-				last.Store(now.UnixNano())
-				taken.Add(1)
-				counts[i]++
-				waits[i] = append(waits[i], now.Sub(t0))
-				excl := exclusive(i, n)
-				in := inside.Add(1)
-				if excl {
-					writers.Add(1)
-				}
-				if (limit > 0 && int(in) > limit) || (writers.Load() > 0 && in > 1) {
-					fail(fmt.Errorf("%d holders at once (limit %d, exclusive %v)", in, limit, excl))
-				}
-				time.Sleep(hold)
-				if excl {
-					writers.Add(-1)
-				}
-				inside.Add(-1)
-				rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
-				err = release(rctx)
-				rcancel()
-				if err != nil {
-					fail(fmt.Errorf("contender %d: release: %w", i, err))
-					return
-				}
-			}
+			r.contend(i, h)
 		}()
 	}
 	wg.Wait()
 	b.StopTimer()
-	if failure != nil {
-		b.Fatal(failure)
+	if r.failure != nil {
+		b.Fatal(r.failure)
 	}
-	s := holdStats{n: int(taken.Load()), span: time.Duration(last.Load() - first.Load())}
-	all := slices.Concat(waits...)
+	s := holdStats{n: int(r.taken.Load()), span: time.Duration(r.last.Load() - r.first.Load())}
+	all := slices.Concat(r.waits...)
 	slices.Sort(all)
 	s.p99 = percentile(all, 99)
-	if lo := slices.Min(counts); lo > 0 {
-		s.fairness = float64(slices.Max(counts)) / float64(lo)
+	if lo := slices.Min(r.counts); lo > 0 {
+		s.fairness = float64(slices.Max(r.counts)) / float64(lo)
 	} else {
 		s.fairness = math.Inf(1)
 	}
 	return s
+}
+
+// holdRun is one runHolders.
+type holdRun struct {
+	ctx       context.Context
+	cancel    context.CancelFunc
+	limit     int
+	exclusive func(who, n int) bool
+	hold      time.Duration
+	total     int64
+
+	inside, writers    atomic.Int32
+	taken, first, last atomic.Int64 // holds taken; unix ns of the first and the last
+	counts             []int        // per contender, written by its goroutine only
+	waits              [][]time.Duration
+
+	mu      sync.Mutex
+	failure error
+}
+
+func (r *holdRun) fail(err error) {
+	r.mu.Lock()
+	r.failure = errors.Join(r.failure, err)
+	r.mu.Unlock()
+	r.cancel()
+}
+
+// contend is contender i's loop: take a hold with h, check who else holds,
+// work, release.
+func (r *holdRun) contend(i int, h holder) {
+	for n := 1; r.taken.Load() < r.total; n++ {
+		t0 := time.Now()
+		release, err := h(r.ctx)
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.fail(fmt.Errorf("contender %d: %w", i, err))
+			}
+			return
+		}
+		now := time.Now()
+		r.first.CompareAndSwap(0, now.UnixNano())
+		r.last.Store(now.UnixNano())
+		r.taken.Add(1)
+		r.counts[i]++
+		r.waits[i] = append(r.waits[i], now.Sub(t0))
+		excl := r.exclusive(i, n)
+		in := r.inside.Add(1)
+		if excl {
+			r.writers.Add(1)
+		}
+		if (r.limit > 0 && int(in) > r.limit) || (r.writers.Load() > 0 && in > 1) {
+			r.fail(fmt.Errorf("%d holders at once (limit %d, exclusive %v)", in, r.limit, excl))
+		}
+		time.Sleep(r.hold)
+		if excl {
+			r.writers.Add(-1)
+		}
+		r.inside.Add(-1)
+		rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
+		err = release(rctx)
+		rcancel()
+		if err != nil {
+			r.fail(fmt.Errorf("contender %d: release: %w", i, err))
+			return
+		}
+	}
 }
 
 // eventCountingClient returns a client of the run's etcd that adds to n
