@@ -348,3 +348,48 @@ func TestLimitOneIsMutex(t *testing.T) {
 		t.Fatalf("WithLimit(1)'s TryLock under a Mutex = %v, want *AlreadyLockedError naming it", err)
 	}
 }
+
+// TestSemaphoreNoWaitAndIsOwner: WithLock with NoWait fails at once on a
+// full semaphore; each permit's IsOwner guards writes while it holds, and
+// fails once it let go; tokens tell the holds apart.
+func TestSemaphoreNoWaitAndIsOwner(t *testing.T) {
+	c := client(t)
+	key := testKey(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	a := newMutex(t, c, key, microlock.WithLimit(2))
+	b := newMutex(t, c, key, microlock.WithLimit(2))
+	for _, m := range []*microlock.Mutex{a, b} {
+		if err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Token() == b.Token() || a.Token() == 0 {
+		t.Fatalf("tokens %d and %d, want two distinct holds", a.Token(), b.Token())
+	}
+	err := microlock.WithLock(ctx, c, key, func(context.Context) error {
+		t.Error("fn ran on a full semaphore")
+		return nil
+	}, microlock.WithLimit(2), microlock.NoWait())
+	if !errors.Is(err, microlock.ErrLocked) {
+		t.Fatalf("WithLock with NoWait on a full semaphore = %v, want ErrLocked", err)
+	}
+	guarded := func(m *microlock.Mutex) bool {
+		resp, err := c.Txn(ctx).If(m.IsOwner()).Then(clientv3.OpPut(testKey(t, "data"), "x")).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Succeeded
+	}
+	guard := a.IsOwner()
+	if !guarded(a) || !guarded(b) {
+		t.Fatal("a guarded write of a permit holder was refused")
+	}
+	if err := a.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Txn(ctx).If(guard).Then(clientv3.OpPut(testKey(t, "data"), "late")).Commit()
+	if err != nil || resp.Succeeded || guarded(a) || !guarded(b) {
+		t.Fatalf("after a's release: a's guard taken while it held succeeded %v (%v), a %v, b %v; want only b's",
+			resp != nil && resp.Succeeded, err, guarded(a), guarded(b))
+	}
+}
