@@ -73,7 +73,8 @@
 // # Costs
 //
 // TryLock, Unlock and an uncontended Lock are one etcd request each once the
-// client's lease is granted. Leases are shared per client and TTL and kept
+// client's lease is granted (a TryLock on a full semaphore deletes the key
+// it wrote: two). Leases are shared per client and TTL and kept
 // for a few seconds after use, so renewal work grows with the number of
 // leases, not with the number of locks held, and a loop of WithLock calls
 // does not grant and revoke a lease per call. A lease's renewal goroutine
