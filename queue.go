@@ -19,12 +19,14 @@ import (
 
 // place is a waiter's view of the queue: its own key's create revision, the
 // key just ahead of it (empty when it must be looked up) with that key's
-// create revision, and the revision at which this was read.
+// create revision, and the revision at which this was read; and, for the
+// Queued event, how many keys were ahead of it.
 type place struct {
 	rev     int64
 	pred    string
 	predRev int64
 	readAt  int64
+	ahead   int
 }
 
 // enqueue writes h's key at the end of the queue unless it is already there
@@ -52,11 +54,17 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 		return place{}, false, timedOut(ctx, err)
 	}
 	p.readAt = resp.Header.Revision
-	kvs := resp.Responses[0].GetResponseRange().Kvs
+	rr := resp.Responses[0].GetResponseRange()
+	kvs := rr.Kvs
 	if !resp.Succeeded {
+		// An earlier attempt's write landed unseen. The keys ahead are
+		// not counted (the Queued event says 1): a rare path, and the
+		// request stays no larger than TryLock's.
 		p.rev = kvs[0].CreateRevision
 		return p, false, nil
 	}
+	// Count is the whole prefix, read before the put: the keys ahead.
+	p.ahead = int(rr.Count)
 	p.rev = resp.Header.Revision
 	if len(kvs) == 0 {
 		return p, true, nil
@@ -81,7 +89,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 				return err
 			}
 			if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != h.key {
-				h.lose("its key was deleted while it waited", nil)
+				h.lose(LossKeyDeleted, "its key was deleted while it waited", nil)
 				return context.Cause(h.ctx)
 			}
 			if len(resp.Kvs) == 1 {
@@ -94,7 +102,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			return err
 		}
 		if ownGone {
-			h.lose("its key was deleted while it waited", nil)
+			h.lose(LossKeyDeleted, "its key was deleted while it waited", nil)
 			return context.Cause(h.ctx)
 		}
 		progress()
