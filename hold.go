@@ -218,7 +218,8 @@ func (h *hold) emit(ev Event) {
 	if final && !h.announced {
 		// Lost in the instant between taking the lock and reporting it:
 		// it follows Acquired, so that every Acquired has its end.
-		h.early = &ev
+		early := ev // a copy: taking ev's address would put every event on the heap
+		h.early = &early
 		return
 	}
 	h.final = final
