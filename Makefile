@@ -125,14 +125,17 @@ BENCH_SHORT_FLAGS ?= -benchtime 300ms -count 1 -short
 BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth)$$'
 
 # bench-run: the benchmarks with flags $(1), the held-locks ones (one run,
-# each in a process of its own) with flags $(2), then the table.
+# each in a process of its own) with flags $(2), the metrics adapter's cost
+# (contrib/prometheus, a nested module) with flags $(1), then the table.
 define bench-run
 	@mkdir -p $(BENCH_DIR)
 	MICROLOCK_BENCH_DATADIR='$(BENCH_DATADIR)' $(GO) test -run '^$$' -bench $(BENCH_GROUPS) $(1) -timeout 60m ./internal/bench | tee $(BENCH_DIR)/raw.txt
 	@grep -q '^ok' $(BENCH_DIR)/raw.txt
 	MICROLOCK_BENCH_DATADIR='$(BENCH_DATADIR)' $(GO) test -run '^$$' -bench '^BenchmarkHeld$$' -benchtime 1x -count 1 $(2) -timeout 60m ./internal/bench | tee $(BENCH_DIR)/held.txt
 	@grep -q '^ok' $(BENCH_DIR)/held.txt
-	$(GO) run ./internal/bench/cmd/benchtable -o $(BENCH_OUT) $(BENCH_DIR)/raw.txt $(BENCH_DIR)/held.txt
+	cd contrib/prometheus && $(GO) test -run '^$$' -bench '^BenchmarkEvents$$' $(1) -timeout 30m . | tee $(BENCH_DIR)/events.txt
+	@grep -q '^ok' $(BENCH_DIR)/events.txt
+	$(GO) run ./internal/bench/cmd/benchtable -o $(BENCH_OUT) $(BENCH_DIR)/raw.txt $(BENCH_DIR)/held.txt $(BENCH_DIR)/events.txt
 endef
 
 .PHONY: bench bench-short bench-profile
