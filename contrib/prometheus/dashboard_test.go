@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -37,18 +38,44 @@ type dashboard struct {
 
 var seriesName = regexp.MustCompile(`\bmicrolock_[a-z_]+\b`)
 
-// exportedSeries drives every kind of event through the adapter on real
-// etcd (two holds of one key, one queued; a loss by key deletion; a
-// renewal) and returns the series names the registry exposes, as a scrape
+// exportedSeries drives every kind of event through the adapter (driveAll)
+// and returns the series names the registry exposes, as a scrape
 // sees them: microlock_hold_seconds_bucket, microlock_held, ...
 func exportedSeries(t *testing.T) map[string]bool {
 	t.Helper()
 	m, reg := newRegistry(t)
+	driveAll(t, reg, m.Option())
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	enc := expfmt.NewEncoder(&text, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, f := range fams {
+		if err := enc.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := make(map[string]bool)
+	for _, line := range strings.Split(text.String(), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		names[strings.FieldsFunc(line, func(r rune) bool { return r == '{' || r == ' ' })[0]] = true
+	}
+	return names
+}
+
+// driveAll drives every kind of event through locks made with opts, on real
+// etcd: two holds of one key, one queued behind the other; a renewal; a
+// loss by key deletion. reg is the registry of an adapter among opts.
+func driveAll(t *testing.T, reg *prom.Registry, opts ...microlock.Option) {
+	t.Helper()
 	c := shared.Client(t)
 	ctx := ctxTimeout(t, 30*time.Second)
 	key := t.Name()
-	a := newMutex(t, c, key, m.Option())
-	b := newMutex(t, c, key, m.Option())
+	a := newMutex(t, c, key, opts...)
+	b := newMutex(t, c, key, opts...)
 	if err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -72,26 +99,6 @@ func exportedSeries(t *testing.T) map[string]bool {
 	waitFor(t, "the loss", func() bool {
 		return counter(t, reg, "microlock_losses_total", "key", key, "reason", microlock.LossKeyDeleted.String()) == 1
 	})
-
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var text bytes.Buffer
-	enc := expfmt.NewEncoder(&text, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, f := range fams {
-		if err := enc.Encode(f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	names := make(map[string]bool)
-	for _, line := range strings.Split(text.String(), "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		names[strings.FieldsFunc(line, func(r rune) bool { return r == '{' || r == ' ' })[0]] = true
-	}
-	return names
 }
 
 // TestDashboard: dashboard.json parses, has the panels the adapter is for,
