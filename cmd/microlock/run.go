@@ -51,7 +51,15 @@ process group is not the terminal's foreground group, so the kernel stops it
 (SIGTTIN) as soon as it tries, and it stays stopped with the lock held. The
 SIGINT or SIGTERM that run passes on then waits until CMD's group gets
 SIGCONT (kill -CONT -PGID); SIGKILL, or microlock break KEY, ends it. Give
-CMD its input from a file or a pipe, or </dev/null.`,
+CMD its input from a file or a pipe, or </dev/null.
+
+--metrics-addr ADDR serves the lock's metrics at http://ADDR/metrics, in the
+Prometheus text format, from start to exit: the wait for the lock, the
+hold, renewals, retries and a loss, with the series of the library's
+Prometheus adapter (microlock_acquire_wait_seconds, microlock_hold_seconds,
+microlock_held, microlock_waiting, ...), so that a node agent can scrape a
+cron job while it waits and runs. Off by default. ADDR is host:port; port 0
+picks a free one, and run says on stderr where it serves.`,
 		examples: `  # Run the nightly report on one machine at a time; the others wait their turn.
   microlock run jobs/nightly-report -- ./nightly-report.sh
 
@@ -62,7 +70,10 @@ CMD its input from a file or a pipe, or </dev/null.`,
   microlock run --ttl 60s --grace 5s jobs/migrate -- sh -c 'migrate --fence "$MICROLOCK_TOKEN"'
 
   # Wait at most a minute for the lock.
-  microlock run --wait-timeout 1m jobs/reindex -- ./reindex`,
+  microlock run --wait-timeout 1m jobs/reindex -- ./reindex
+
+  # Let the node's Prometheus agent scrape the job's lock metrics.
+  microlock run --metrics-addr 127.0.0.1:9464 jobs/nightly-report -- ./nightly-report.sh`,
 		extra: `Exit codes:
   CMD's status  CMD ran and exited; 128+N when signal N killed it
   1             other error (etcd refused the request, unreadable TLS files, ...)
@@ -83,6 +94,7 @@ type runFlags struct {
 	noWait      bool
 	waitTimeout time.Duration
 	grace       time.Duration
+	metricsAddr string
 }
 
 func (c *cli) run(args []string) error {
@@ -94,6 +106,7 @@ func (c *cli) run(args []string) error {
 	fs.BoolVar(&f.noWait, "no-wait", false, "fail at once, with exit code 75, if someone else holds the lock")
 	fs.Var(durationFlag{&f.waitTimeout}, "wait-timeout", "give up waiting for the lock after this `time` (default: wait as long as it takes)")
 	fs.Var(durationFlag{&f.grace}, "grace", graceHelp())
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics while waiting and running (default: off)")
 	p, err := c.parseOrHelp(fs, args, runHelp())
 	if err != nil {
 		return err
@@ -137,6 +150,14 @@ func (c *cli) run(args []string) error {
 	log := startEventLog(c.stderr)
 	defer log.stop()
 	opts := []microlock.Option{microlock.WithTTL(f.ttl), microlock.OnEvent(log.hook)}
+	if f.metricsAddr != "" {
+		ms, err := startMetrics(f.metricsAddr, c.stderr)
+		if err != nil {
+			return err
+		}
+		defer ms.stop() // after the Mutex is closed: its last events are in
+		opts = append(opts, microlock.OnEvent(ms.metrics.Observe))
+	}
 	if f.nodeID != "" {
 		opts = append(opts, microlock.WithNodeID(f.nodeID))
 	}
