@@ -26,7 +26,8 @@
 // microlock.result is acquired, locked, canceled, lost, closed or error;
 // microlock.end is released or lost; microlock.reason is a
 // microlock.LossReason's String. A renewal renews a lease that every hold of
-// one client and TTL shares: it is recorded once per hold. Keys that carry
+// one client and TTL shares: it is recorded once per hold, and so is a
+// retried renewal. Keys that carry
 // IDs ("jobs/42") make one series each; WithKeyAttribute maps them to fewer.
 package otel
 

@@ -22,7 +22,7 @@
 //	microlock_waiting{key}                       gauge: Lock calls queued now
 //
 // A renewal renews a lease that every hold of one client and TTL shares: it
-// is observed once per hold. Keys that carry IDs ("jobs/42") make one series
+// is observed once per hold, and so is a retried renewal. Keys that carry IDs ("jobs/42") make one series
 // each; WithKeyLabel maps them to fewer ("jobs/*").
 package prometheus
 
