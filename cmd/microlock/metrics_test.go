@@ -91,9 +91,11 @@ func TestRunMetrics(t *testing.T) {
 	}
 
 	time.Sleep(200 * time.Millisecond)
+	// The second queued before queued, and cannot hold before the first
+	// releases, which is after this signal.
+	minWait := time.Since(queued).Seconds()
 	first.signal(syscall.SIGTERM) // passed on to its command, which exits
 	first.expectExit(20*time.Second, 0)
-	minWait := time.Since(queued).Seconds()
 	waitMark(t, marks, "start", "second", 20*time.Second)
 	s = scrape(t, secondURL)
 	if s[held] != 1 || s[waiting] != 0 || s[waitCount] != 1 || s[waitSum] < minWait {
