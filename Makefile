@@ -9,12 +9,19 @@ STATICCHECK_VERSION := v0.8.2
 
 GOTESTFLAGS ?= -race -shuffle=on -count=1 -timeout 20m
 
+# Nested modules with their own go.mod (the metrics adapters): `./...` in the
+# root does not reach them, so every target below visits each in turn.
+NESTED_MODULES := contrib/prometheus contrib/otel
+# in-modules runs a command in each nested module, stopping at the first failure.
+in-modules = @for m in $(NESTED_MODULES); do echo "cd $$m && $(1)"; (cd $$m && $(1)) || exit 1; done
+
 .PHONY: test check fmt-check vet tidy-check lint etcd etcdctl clean
 
 ## test: the full check that CI runs: formatting, vet, tidy, and every test
 ## with the race detector, shuffled, against real etcd servers.
 test: check etcd
 	$(GO) test $(GOTESTFLAGS) ./...
+	$(call in-modules,$(GO) build ./... && $(GO) test $(GOTESTFLAGS) ./...)
 	$(MAKE) --no-print-directory fuzz-short
 
 ## check: the fast static checks.
@@ -26,16 +33,19 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(call in-modules,$(GO) vet ./...)
 
 tidy-check:
 	$(GO) mod tidy -diff
 	cd tools && $(GO) mod tidy -diff
 	cd tools/etcd-3.5 && $(GO) mod tidy -diff
 	cd tools/etcd-3.6 && $(GO) mod tidy -diff
+	$(call in-modules,$(GO) mod tidy -diff)
 
 ## lint: staticcheck, pinned.
 lint: $(BIN)/staticcheck
 	$(BIN)/staticcheck ./...
+	$(call in-modules,$(BIN)/staticcheck ./...)
 
 $(BIN)/staticcheck:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -117,14 +127,17 @@ BENCH_SHORT_FLAGS ?= -benchtime 300ms -count 1 -short
 BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth)$$'
 
 # bench-run: the benchmarks with flags $(1), the held-locks ones (one run,
-# each in a process of its own) with flags $(2), then the table.
+# each in a process of its own) with flags $(2), the metrics adapter's cost
+# (contrib/prometheus, a nested module) with flags $(1), then the table.
 define bench-run
 	@mkdir -p $(BENCH_DIR)
 	MICROLOCK_BENCH_DATADIR='$(BENCH_DATADIR)' $(GO) test -run '^$$' -bench $(BENCH_GROUPS) $(1) -timeout 60m ./internal/bench | tee $(BENCH_DIR)/raw.txt
 	@grep -q '^ok' $(BENCH_DIR)/raw.txt
 	MICROLOCK_BENCH_DATADIR='$(BENCH_DATADIR)' $(GO) test -run '^$$' -bench '^BenchmarkHeld$$' -benchtime 1x -count 1 $(2) -timeout 60m ./internal/bench | tee $(BENCH_DIR)/held.txt
 	@grep -q '^ok' $(BENCH_DIR)/held.txt
-	$(GO) run ./internal/bench/cmd/benchtable -o $(BENCH_OUT) $(BENCH_DIR)/raw.txt $(BENCH_DIR)/held.txt
+	cd contrib/prometheus && $(GO) test -run '^$$' -bench '^BenchmarkEvents$$' $(1) -timeout 30m . | tee $(BENCH_DIR)/events.txt
+	@grep -q '^ok' $(BENCH_DIR)/events.txt
+	$(GO) run ./internal/bench/cmd/benchtable -o $(BENCH_OUT) $(BENCH_DIR)/raw.txt $(BENCH_DIR)/held.txt $(BENCH_DIR)/events.txt
 endef
 
 .PHONY: bench bench-short bench-profile

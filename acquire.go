@@ -4,20 +4,28 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // acquire is Lock (wait) and TryLock (!wait).
-func (m *Mutex) acquire(ctx context.Context, wait bool) error {
+func (m *Mutex) acquire(ctx context.Context, wait bool) (err error) {
 	if ctx == nil {
 		return errNilContext
 	}
+	var start time.Time
+	if m.opts.hook != nil {
+		start = time.Now() // for the events' Waited
+	}
 	if err := m.begin(ctx, "locking"); err != nil {
+		m.gaveUp(wait, start, 0, err)
 		return err
 	}
 	defer m.end()
+	m.started, m.place = start, 0
+	defer func() { m.gaveUp(wait, start, m.place, err) }() // before end
 	if h := m.current(); h != nil {
 		return &AlreadyLockedError{Key: m.key, Holder: m.opts.nodeID, Token: h.rev.Load(),
 			note: "this Mutex holds it (locks are not reentrant)"}
@@ -45,6 +53,23 @@ func (m *Mutex) acquire(ctx context.Context, wait bool) error {
 	default:
 		return m.lock(ctx)
 	}
+}
+
+// gaveUp reports a Lock that returns err without the lock, if err is set.
+func (m *Mutex) gaveUp(wait bool, start time.Time, place int, err error) {
+	if hook := m.opts.hook; hook != nil && wait && err != nil {
+		hook(Event{Type: GaveUp, Key: m.key, Holder: m.opts.nodeID, Err: err,
+			Waited: time.Since(start), Place: place})
+	}
+}
+
+// since is time.Since(t), or 0 for the zero t that a Mutex without a hook
+// records.
+func since(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t)
 }
 
 // tryRetrying is Lock with NoWait: TryLock, with transient errors retried
@@ -106,6 +131,10 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 				return m.held(ctx, h, p.rev)
 			}
 			r.reset()
+			if m.place == 0 { // once per Lock, whatever its attempts
+				m.place = max(p.ahead, 1)
+				h.emit(Event{Type: Queued, Place: m.place})
+			}
 			break
 		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -241,6 +270,11 @@ func (m *Mutex) tryLease(ctx context.Context) error {
 // held makes h the current hold: the lock is ours with token rev.
 func (m *Mutex) held(ctx context.Context, h *hold, rev int64) error {
 	h.rev.Store(rev)
+	if m.opts.hook != nil {
+		h.mu.Lock()
+		h.heldAt = time.Now() // for the final event's Held
+		h.mu.Unlock()
+	}
 	if h.ctx.Err() != nil {
 		// The lease was lost while the request was in flight.
 		err := fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), context.Cause(h.ctx))
@@ -251,6 +285,6 @@ func (m *Mutex) held(ctx context.Context, h *hold, rev int64) error {
 	m.h = h
 	m.mu.Unlock()
 	h.watchLater()
-	h.emit(Event{Type: Acquired})
+	h.emit(Event{Type: Acquired, Waited: since(m.started), Place: m.place})
 	return nil
 }

@@ -59,7 +59,7 @@ func (l *lease) expire() {
 		return
 	}
 	l.mu.Unlock()
-	holds := l.end("no renewal was acknowledged in time", nil)
+	holds := l.end(LossDeadline, "no renewal was acknowledged in time", nil)
 	l.mu.Lock()
 	l.expired = holds
 	l.mu.Unlock()
@@ -67,15 +67,26 @@ func (l *lease) expire() {
 }
 
 // extend moves the deadline after a renewal sent at t0 was acknowledged with
-// the granted TTL ttl.
-func (l *lease) extend(t0 time.Time, ttl time.Duration) {
+// the granted TTL ttl. It returns the renewal's round trip and how long was
+// left before the deadline it replaces, for the Renewed event.
+func (l *lease) extend(t0 time.Time, ttl time.Duration) renewal {
 	d := lossDeadline(t0, ttl)
+	now := time.Now()
 	l.mu.Lock()
+	r := renewal{latency: now.Sub(t0), margin: l.deadline.Sub(now)}
 	if !l.ended && d.After(l.deadline) {
 		l.deadline = d
 		l.armLocked()
 	}
 	l.mu.Unlock()
+	return r
+}
+
+// renewal is what a Renewed event reports of one renewal.
+type renewal struct{ latency, margin time.Duration }
+
+func (r renewal) event() Event {
+	return Event{Type: Renewed, Latency: r.latency, Margin: r.margin}
 }
 
 func (l *lease) currentDeadline() time.Time {

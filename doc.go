@@ -80,6 +80,17 @@
 // does not grant and revoke a lease per call. A lease's renewal goroutine
 // ends when it has been unused for a while or when its client is closed.
 //
+// # Metrics
+//
+// OnEvent hooks see every step of a lock with what metrics graph: the wait
+// (Queued with the place in the queue, then Acquired or GaveUp with
+// Waited), the hold (Released or Lost with Held; Lost with a LossReason),
+// and each renewal (Renewed with its Latency and the Margin left before the
+// loss deadline). Without a hook they cost nothing. Adapters for
+// Prometheus and OpenTelemetry live in nested modules of their own,
+// github.com/microlock/microlock/contrib/prometheus and .../contrib/otel,
+// so that this module depends on neither.
+//
 // # Errors
 //
 // Errors start with "microlock:". Match them with errors.Is against

@@ -51,6 +51,7 @@ func (e *AlreadyLockedError) Is(target error) bool { return target == ErrLocked 
 // when an etcd error caused the loss, that error too.
 type lostError struct {
 	key    string
+	code   LossReason
 	reason string
 	err    error
 }

@@ -20,18 +20,34 @@ const (
 	Locked EventType = iota + 1
 	// Unlocked (Watch): the key is free.
 	Unlocked
-	// Acquired (OnEvent): this Mutex took the lock.
+	// Acquired (OnEvent): this Mutex took the lock. Waited is how long Lock
+	// or TryLock took; Place is the place its Lock took in the queue (0 if
+	// it never waited).
 	Acquired
-	// Released (OnEvent): this Mutex unlocked. Err is set if etcd could not
-	// be told; the key is then deleted in the background.
+	// Released (OnEvent): this Mutex unlocked. Held is how long it held the
+	// lock. Err is set if etcd could not be told; the key is then deleted
+	// in the background.
 	Released
 	// Renewed (OnEvent): the lease of this Mutex's hold was refreshed.
+	// Latency is the renewal's round trip, Margin the time that was left
+	// before the loss deadline when its answer came.
 	Renewed
-	// Lost (OnEvent): ownership ended without Unlock; Err says why.
+	// Lost (OnEvent): ownership ended without Unlock. Err says why, Reason
+	// says it in a form to switch on, Held is how long the lock was held.
 	Lost
 	// Retrying (OnEvent): a transient etcd error, retried after a pause; Err
 	// is the error.
 	Retrying
+	// Queued (OnEvent): Lock found the lock held and joined the queue; Place
+	// is the number of keys that were ahead of it (1: it is next). A Lock
+	// reports it at most once, and then ends with Acquired or GaveUp.
+	Queued
+	// GaveUp (OnEvent): Lock (or WithLock) returned without the lock:
+	// NoWait found it held, ctx ended, the place in the queue was lost, the
+	// Mutex was closed, or etcd failed for good. Err is what Lock returned,
+	// Waited how long it tried, Place its place in the queue if it joined
+	// one. TryLock does not report it: a refusal is its answer.
+	GaveUp
 )
 
 var eventTypeNames = [...]string{
@@ -42,6 +58,8 @@ var eventTypeNames = [...]string{
 	Renewed:  "renewed",
 	Lost:     "lost",
 	Retrying: "retrying",
+	Queued:   "queued",
+	GaveUp:   "gave_up",
 }
 
 func (t EventType) String() string {
@@ -52,13 +70,19 @@ func (t EventType) String() string {
 }
 
 // Event is a change of a lock's state. Key is the key the caller passed.
-// For Watch events Holder and Token describe the holder; for OnEvent events
-// they describe this Mutex and its hold.
+// For Watch and Holder events Holder and Token describe the holder and
+// Waiters counts the keys queued behind it; for OnEvent events they
+// describe this Mutex and its hold.
 //
 // Err is set on OnEvent's Lost (why the hold ended; it wraps ErrLockLost),
-// Retrying (the transient error) and Released (when etcd could not be told,
-// and the key goes in the background). Watch events never set Err: Watch
-// repairs its own watch errors, and its channel closes only when ctx ends.
+// GaveUp (what Lock returned), Retrying (the transient error) and Released
+// (when etcd could not be told, and the key goes in the background). Watch
+// events never set Err: Watch repairs its own watch errors, and its channel
+// closes only when ctx ends.
+//
+// The durations are what metrics graph: Waited (Acquired, GaveUp), Held
+// (Released, Lost), Latency and Margin (Renewed). Each is zero on the other
+// types. They cost nothing when no OnEvent hook is set.
 type Event struct {
 	Type   EventType
 	Key    string
@@ -73,6 +97,28 @@ type Event struct {
 	// events leave both unset.
 	Holders int
 	HeldBy  []Holding
+
+	// Waited is how long Lock or TryLock ran, on Acquired and GaveUp.
+	Waited time.Duration
+	// Held is how long the lock was held, on Released and Lost.
+	Held time.Duration
+	// Latency is the round trip of the renewal, on Renewed.
+	Latency time.Duration
+	// Margin is, on Renewed, how long was left before the hold would have
+	// been declared lost when the renewal's answer came: the closer to
+	// zero, the closer the lock came to a loss.
+	Margin time.Duration
+	// Reason says why the hold was lost, on Lost; LossNone otherwise.
+	Reason LossReason
+	// Place, on Queued, is how many keys were ahead of this Mutex's when
+	// it joined the queue (1: only the holder); Acquired and GaveUp carry
+	// it too, 0 if that Lock never queued.
+	Place int
+	// Waiters, on Watch's and Holder's Locked events, is how many keys
+	// waited in the queue, not yet admitted, at the revision the event was
+	// read at. Watch sends an event per change of holder, not per change
+	// of Waiters.
+	Waiters int
 }
 
 // Holding is one current holder of a key, as Watch and Holder report it.
@@ -167,7 +213,7 @@ func (w *watcher) state() Event {
 		return Event{Type: Unlocked, Key: w.key}
 	}
 	return Event{Type: Locked, Key: w.key, Holder: held[0].Holder, Token: held[0].Token,
-		Holders: len(held), HeldBy: held}
+		Holders: len(held), HeldBy: held, Waiters: len(all) - len(held)}
 }
 
 // sameHold compares holds by token: a change of value alone is no change

@@ -160,3 +160,48 @@ func ExampleMutex_IsOwner() {
 	// write while holding the lock landed: true
 	// late write landed: false
 }
+
+// Measure how long work waits for a lock and how long it holds it: the
+// events carry what metrics graph. contrib/prometheus and contrib/otel turn
+// them into metrics.
+func ExampleOnEvent() {
+	client := newExampleClient()
+	defer client.Close()
+	ctx := context.Background()
+
+	queued := make(chan struct{})
+	metrics := microlock.OnEvent(func(ev microlock.Event) {
+		switch ev.Type {
+		case microlock.Queued:
+			fmt.Println("queued, keys ahead:", ev.Place)
+			close(queued)
+		case microlock.Acquired:
+			fmt.Println("acquired after waiting:", ev.Waited > 0, "in place", ev.Place)
+		case microlock.Released:
+			fmt.Println("released after holding:", ev.Held > 0)
+		}
+	})
+	first, _ := microlock.New(client, "examples/measured")
+	defer first.Close()
+	if err := first.Lock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	second, _ := microlock.New(client, "examples/measured", metrics)
+	defer second.Close()
+	locked := make(chan error, 1)
+	go func() { locked <- second.Lock(ctx) }()
+	<-queued
+	if err := first.Unlock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	if err := <-locked; err != nil {
+		log.Fatal(err)
+	}
+	if err := second.Unlock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// queued, keys ahead: 1
+	// acquired after waiting: true in place 1
+	// released after holding: true
+}

@@ -43,8 +43,16 @@ type hold struct {
 	finishOnce sync.Once
 	gone       atomic.Bool // the key is known to be deleted (or never written)
 
-	emitMu sync.Mutex // held while a hook runs for this hold
-	final  bool       // Released or Lost was delivered
+	emitMu    sync.Mutex // held while a hook runs for this hold
+	final     bool       // Released or Lost was delivered
+	announced bool       // Acquired was delivered
+	early     *Event     // a final event that came before Acquired
+
+	// For the events' Held, taken only when the Mutex has a hook: when the
+	// hold was taken (set before the hold is shared) and when it ended
+	// (under mu, by the first end).
+	heldAt  time.Time
+	endedAt time.Time
 
 	// Events raised on goroutines that other holds depend on (the lease's
 	// renewal loop, its deadline timer, its key watch) wait here for a
@@ -100,6 +108,9 @@ func (h *hold) end(cause error) bool {
 		return false
 	}
 	h.cancel(cause)
+	if h.m.opts.hook != nil {
+		h.endedAt = time.Now()
+	}
 	links := h.links
 	h.links = nil
 	h.mu.Unlock()
@@ -112,8 +123,8 @@ func (h *hold) end(cause error) bool {
 }
 
 // lose ends the hold as lost.
-func (h *hold) lose(reason string, err error) bool {
-	return h.end(&lostError{key: h.m.key, reason: reason, err: err})
+func (h *hold) lose(code LossReason, reason string, err error) bool {
+	return h.end(&lostError{key: h.m.key, code: code, reason: reason, err: err})
 }
 
 // lostCause returns why the hold was lost, or nil if it is live or was
@@ -191,11 +202,45 @@ func (h *hold) emit(ev Event) {
 	if h.final {
 		return
 	}
-	h.final = ev.Type == Released || ev.Type == Lost
+	final := ev.Type == Released || ev.Type == Lost
+	if final {
+		ev.Held = h.heldFor()
+	}
+	if ev.Type == Lost {
+		var le *lostError
+		if errors.As(ev.Err, &le) {
+			ev.Reason = le.code
+		}
+	}
 	ev.Key = h.m.key
 	ev.Holder = h.m.opts.nodeID
 	ev.Token = h.rev.Load()
+	if final && !h.announced {
+		// Lost in the instant between taking the lock and reporting it:
+		// it follows Acquired, so that every Acquired has its end.
+		early := ev // a copy: taking ev's address would put every event on the heap
+		h.early = &early
+		return
+	}
+	h.final = final
 	hook(ev)
+	if ev.Type == Acquired {
+		h.announced = true
+		if h.early != nil {
+			h.final = true
+			hook(*h.early)
+		}
+	}
+}
+
+// heldFor is how long the hold lasted, for a final event.
+func (h *hold) heldFor() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.heldAt.IsZero() || h.endedAt.IsZero() {
+		return 0
+	}
+	return h.endedAt.Sub(h.heldAt)
 }
 
 // watchLater has the lease's keyWatch watch the hold's key, after
@@ -235,7 +280,7 @@ func (h *hold) lostKey() {
 	if h.releasing.Load() {
 		return
 	}
-	if h.lose("its key was deleted (lease revoked or key removed)", nil) {
+	if h.lose(LossKeyDeleted, "its key was deleted (lease revoked or key removed)", nil) {
 		h.lease.detach(h)
 		h.emitLostAsync()
 	}

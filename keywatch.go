@@ -233,7 +233,7 @@ func (w *keyWatch) unwatchable(h *hold, err error) {
 	if h.releasing.Load() {
 		return // Unlock's own answer decides
 	}
-	if h.lose("its key can no longer be watched", err) {
+	if h.lose(LossWatchFailed, "its key can no longer be watched", err) {
 		h.lease.detach(h)
 		h.emitLostAsync()
 	}

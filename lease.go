@@ -154,7 +154,7 @@ var errLeaseEnded = errors.New("lease ended")
 // on its own at its next renewal; this tells new holds at once.
 func (l *lease) gone() {
 	l.retire()
-	emitLost(l.end("the lease expired or was revoked on the server", nil))
+	emitLost(l.end(LossLeaseRevoked, "the lease expired or was revoked on the server", nil))
 }
 
 // retire stops l from taking new holds and has it revoked as soon as it is
@@ -197,7 +197,7 @@ func (l *lease) retireIfUnused() bool {
 // holds. It calls no hook: the caller reports the losses with emitLost, after
 // every hold's context is cancelled, so that a slow hook cannot delay
 // another hold's loss signal. Only the first call returns holds.
-func (l *lease) end(reason string, err error) []*hold {
+func (l *lease) end(code LossReason, reason string, err error) []*hold {
 	l.mu.Lock()
 	if l.ended {
 		l.mu.Unlock()
@@ -212,7 +212,7 @@ func (l *lease) end(reason string, err error) []*hold {
 	l.mu.Unlock()
 	leases.remove(l)
 	for _, h := range holds {
-		h.lose(reason, err)
+		h.lose(code, reason, err)
 	}
 	return holds
 }

@@ -80,7 +80,7 @@ func (t *leaseTable) grant(k leaseKey) error {
 		// The grant came back slowly (etcd regaining quorum, say):
 		// renew before the first hold relies on it.
 		rctx, cancel := context.WithDeadline(context.Background(), l.currentDeadline())
-		err := l.keepAliveOnce(rctx)
+		_, err := l.keepAliveOnce(rctx)
 		cancel()
 		if err != nil {
 			l.retire() // unused: revoked at once

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -25,6 +26,12 @@ type Mutex struct {
 	hooks hookRunners // goroutines delivering events to the hook; Close waits
 
 	lease *lease // the lease of the last attempt, tried first by the next; used under op
+
+	// Of the running Lock or TryLock, for its events; used under op: when
+	// it started (zero without a hook) and its place in the queue (0 until
+	// it queues).
+	started time.Time
+	place   int
 
 	mu       sync.Mutex
 	h        *hold                   // the current hold, or the last one
@@ -139,10 +146,10 @@ func (m *Mutex) Renew(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return m.wrapErr(ctx, "renewing", err)
 	}
-	err := h.lease.keepAliveOnce(ctx)
+	rn, err := h.lease.keepAliveOnce(ctx)
 	switch {
 	case err == nil:
-		h.emit(Event{Type: Renewed})
+		h.emit(rn.event())
 		return nil
 	case errors.Is(err, errLeaseGone):
 		h.lease.gone() // every hold on the lease is lost, this one too
@@ -200,6 +207,11 @@ func (m *Mutex) close(freeLease bool) error {
 		l.retireIfUnused()
 	}
 	m.hooks.close()
+	if last := m.last(); last != nil {
+		// A loss raised as Close began found no runner to deliver it:
+		// here, so that every Acquired is seen to end.
+		last.emitLost()
+	}
 	return err
 }
 

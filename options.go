@@ -101,8 +101,11 @@ func WithBackoff(newPolicy func() backoff.BackOff) Option {
 	})
 }
 
-// OnEvent registers a hook for this Mutex's lifecycle events: Acquired,
-// Renewed, Released, Lost and Retrying. A hook sees its Mutex's events one
+// OnEvent registers a hook for this Mutex's lifecycle events: Queued,
+// Acquired, GaveUp, Renewed, Released, Lost and Retrying, with the
+// durations metrics graph (see Event). Every Acquired is followed, in time,
+// by one Released or Lost; a Lock that reported Queued ends with Acquired or
+// GaveUp. A hook sees its Mutex's events one
 // at a time, in order, after the state change they report. Events caused by
 // a call on the Mutex run on the caller's goroutine; events raised by the
 // renewal loop or key watch that locks share run on a goroutine of the

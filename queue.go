@@ -40,6 +40,7 @@ type place struct {
 	wait   []keyRev
 	known  []keyRev
 	readAt int64
+	ahead  int // for the Queued event: how many keys were ahead
 }
 
 // setKnown sets known and wait to the keys ahead in known.
@@ -99,6 +100,12 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 		// Cannot happen: a compare failed at this revision.
 		return place{}, false, errors.New("microlock: the queue changed under a Txn")
 	}
+	// The reads' counts, made before the put, are the keys ahead (for a
+	// shared hold, those of the other rules): the place the Queued event
+	// reports, at no extra request.
+	for _, r := range resp.Responses[:len(reads)] {
+		p.ahead += int(r.GetResponseRange().Count)
+	}
 	p.rev = resp.Header.Revision
 	var known []keyRev
 	first, known, err = m.admit(rangeKvs(resp.Responses[:len(reads)]))
@@ -131,7 +138,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			case err != nil:
 				return err
 			case ownGone:
-				h.lose("its key was deleted while it waited", nil)
+				h.lose(LossKeyDeleted, "its key was deleted while it waited", nil)
 				return context.Cause(h.ctx)
 			case held:
 				return nil
@@ -146,7 +153,7 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			return err
 		}
 		if ownGone {
-			h.lose("its key was deleted while it waited", nil)
+			h.lose(LossKeyDeleted, "its key was deleted while it waited", nil)
 			return context.Cause(h.ctx)
 		}
 		progress()

@@ -55,7 +55,7 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 		}
 		return err
 	case !resp.Succeeded && !maybe:
-		lost := h.lose("its key was gone when it was released", nil)
+		lost := h.lose(LossKeyDeleted, "its key was gone when it was released", nil)
 		h.finish()
 		if lost {
 			h.emitLost()

@@ -26,7 +26,7 @@ import (
 // others, the loop's among them, waiting for their turn. A caller whose ctx
 // allows more (Mutex.Renew, say) tries again, on a new stream, which
 // usually goes to another member.
-func (l *lease) keepAliveOnce(ctx context.Context) error {
+func (l *lease) keepAliveOnce(ctx context.Context) (renewal, error) {
 	for {
 		actx, cancel := withTimer(ctx, attemptTimeout(l.ttl))
 		t0, resp, err := l.renewer.renew(actx, l.id)
@@ -37,16 +37,15 @@ func (l *lease) keepAliveOnce(ctx context.Context) error {
 		}
 		err = timedOut(ctx, err)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, errRenewClosed) {
-			return errLeaseGone
+			return renewal{}, errLeaseGone
 		}
 		if err != nil {
-			return err
+			return renewal{}, err
 		}
 		if resp.TTL <= 0 {
-			return errLeaseGone
+			return renewal{}, errLeaseGone
 		}
-		l.extend(t0, time.Duration(resp.TTL)*time.Second)
-		return nil
+		return l.extend(t0, time.Duration(resp.TTL)*time.Second), nil
 	}
 }
 
@@ -60,7 +59,7 @@ var errLeaseGone = errors.New("lease expired or revoked on the server")
 // renewal request runs in a child goroutine so that a hung request cannot
 // hold the loop.
 func (l *lease) run() {
-	r := &renewLoop{l: l, results: make(chan error, 1), lastSend: l.sent}
+	r := &renewLoop{l: l, results: make(chan renewResult, 1), lastSend: l.sent}
 	defer func() {
 		if r.revoke {
 			l.revokeAfterLoss() // after done is closed: Close does not wait for it
@@ -86,12 +85,12 @@ func (l *lease) run() {
 		var stop bool
 		select {
 		case <-l.client.Ctx().Done():
-			emitLost(l.end("the etcd client was closed", l.client.Ctx().Err()))
+			emitLost(l.end(LossClientClosed, "the etcd client was closed", l.client.Ctx().Err()))
 			return
 		case <-r.renew.C:
 			r.send()
-		case err := <-r.results:
-			stop = r.answered(err)
+		case res := <-r.results:
+			stop = r.answered(res.renewal, res.err)
 		case <-l.wake:
 			stop = r.woken()
 		case <-r.idle.C:
@@ -108,10 +107,10 @@ type renewLoop struct {
 	l        *lease
 	ctx      context.Context // ends with the loop, and the renewal in flight with it
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup // the renewal in flight
-	renew    *time.Timer    // the next renewal is due
-	idle     *time.Timer    // the lease may have been unused for leaseLinger
-	results  chan error     // the answer to the renewal in flight
+	wg       sync.WaitGroup   // the renewal in flight
+	renew    *time.Timer      // the next renewal is due
+	idle     *time.Timer      // the lease may have been unused for leaseLinger
+	results  chan renewResult // the answer to the renewal in flight
 	inflight bool
 	retry    time.Duration // the pause before the next retry of a failed renewal
 	lastSend time.Time     // when the last renewal was sent
@@ -137,33 +136,38 @@ func (r *renewLoop) send() {
 		defer r.wg.Done()
 		defer rcancel()
 		defer rcancel2()
-		err := l.keepAliveOnce(rctx)
+		rn, err := l.keepAliveOnce(rctx)
 		if err == nil && len(orphans) > 0 {
 			l.deleteOrphans(rctx, orphans)
 		}
-		r.results <- err
+		r.results <- renewResult{rn, err}
 	}()
+}
+
+type renewResult struct {
+	renewal renewal
+	err     error
 }
 
 // answered handles the outcome of a renewal, and reports whether the loop
 // must end.
-func (r *renewLoop) answered(err error) bool {
+func (r *renewLoop) answered(rn renewal, err error) bool {
 	l := r.l
 	r.inflight = false
 	switch {
 	case err == nil:
 		r.retry = 0
-		l.notify(Event{Type: Renewed})
+		l.notify(rn.event())
 		r.renew.Reset(time.Until(r.lastSend.Add(l.ttl / 3)))
 	case errors.Is(err, errLeaseGone):
-		emitLost(l.end("the lease expired or was revoked on the server", nil))
+		emitLost(l.end(LossLeaseRevoked, "the lease expired or was revoked on the server", nil))
 		return true
 	case transient(err):
 		l.notify(Event{Type: Retrying, Err: fmt.Errorf("microlock: renewing lease %x: %w", int64(l.id), err)})
 		r.retry = min(max(2*r.retry, 100*time.Millisecond), max(l.ttl/6, 100*time.Millisecond))
 		r.renew.Reset(r.retry)
 	default:
-		emitLost(l.end("renewing the lease failed", err))
+		emitLost(l.end(LossRenewFailed, "renewing the lease failed", err))
 		r.revoke = true
 		return true
 	}

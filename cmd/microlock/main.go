@@ -6,6 +6,7 @@
 //
 //	microlock run [flags] KEY -- CMD [ARGS...]
 //	microlock holder [flags] KEY
+//	microlock list [flags] PREFIX
 //	microlock watch [flags] KEY
 //	microlock break [flags] KEY
 //	microlock demo [flags]
@@ -45,6 +46,7 @@ across processes and machines.
 Usage:
   microlock run [flags] KEY -- CMD [ARGS...]   run CMD while holding the lock KEY
   microlock holder [flags] KEY                 show who holds KEY
+  microlock list [flags] PREFIX                list every lock held under PREFIX
   microlock watch [flags] KEY                  print every change of KEY's holder
   microlock break [flags] KEY                  end the current hold on KEY (a last resort)
   microlock demo [flags]                       watch the lock at work on a local etcd
@@ -60,6 +62,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"run":    (*cli).run,
 		"holder": (*cli).holder,
+		"list":   (*cli).list,
 		"watch":  (*cli).watch,
 		"break":  (*cli).breakLock,
 		"demo":   (*cli).demo,

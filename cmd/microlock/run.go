@@ -6,13 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -59,7 +57,15 @@ process group is not the terminal's foreground group, so the kernel stops it
 (SIGTTIN) as soon as it tries, and it stays stopped with the lock held. The
 SIGINT or SIGTERM that run passes on then waits until CMD's group gets
 SIGCONT (kill -CONT -PGID); SIGKILL, or microlock break KEY, ends it. Give
-CMD its input from a file or a pipe, or </dev/null.`,
+CMD its input from a file or a pipe, or </dev/null.
+
+--metrics-addr ADDR serves the lock's metrics at http://ADDR/metrics, in the
+Prometheus text format, from start to exit: the wait for the lock, the
+hold, renewals, retries and a loss, with the series of the library's
+Prometheus adapter (microlock_acquire_wait_seconds, microlock_hold_seconds,
+microlock_held, microlock_waiting, ...), so that a node agent can scrape a
+cron job while it waits and runs. Off by default. ADDR is host:port; port 0
+picks a free one, and run says on stderr where it serves.`,
 		examples: `  # Run the nightly report on one machine at a time; the others wait their turn.
   microlock run jobs/nightly-report -- ./nightly-report.sh
 
@@ -77,7 +83,10 @@ CMD its input from a file or a pipe, or </dev/null.`,
 
   # Readers together, the writer alone.
   microlock run --shared db/catalog -- ./read-report
-  microlock run db/catalog -- ./migrate-catalog`,
+  microlock run db/catalog -- ./migrate-catalog
+
+  # Let the node's Prometheus agent scrape the job's lock metrics.
+  microlock run --metrics-addr 127.0.0.1:9464 jobs/nightly-report -- ./nightly-report.sh`,
 		extra: `Exit codes:
   CMD's status  CMD ran and exited; 128+N when signal N killed it
   1             other error (etcd refused the request, unreadable TLS files, ...)
@@ -100,6 +109,7 @@ type runFlags struct {
 	grace       time.Duration
 	limit       int
 	shared      bool
+	metricsAddr string
 }
 
 func (c *cli) run(args []string) error {
@@ -113,6 +123,7 @@ func (c *cli) run(args []string) error {
 	fs.Var(durationFlag{&f.grace}, "grace", graceHelp())
 	fs.IntVar(&f.limit, "limit", 1, "let at most `N` holders run at once: a counting semaphore, in arrival order (as consul lock -n)")
 	fs.BoolVar(&f.shared, "shared", false, "take a shared (read) hold: shared holders run together, exclusive ones alone")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics while waiting and running (default: off)")
 	p, err := c.parseOrHelp(fs, args, runHelp())
 	if err != nil {
 		return err
@@ -160,6 +171,14 @@ func (c *cli) run(args []string) error {
 	log := startEventLog(c.stderr)
 	defer log.stop()
 	opts := []microlock.Option{microlock.WithTTL(f.ttl), microlock.OnEvent(log.hook)}
+	if f.metricsAddr != "" {
+		ms, err := startMetrics(f.metricsAddr, c.stderr)
+		if err != nil {
+			return err
+		}
+		defer ms.stop() // after the Mutex is closed: its last events are in
+		opts = append(opts, microlock.OnEvent(ms.metrics.Observe))
+	}
 	if f.nodeID != "" {
 		opts = append(opts, microlock.WithNodeID(f.nodeID))
 	}
@@ -365,54 +384,4 @@ func (c *cli) release(m *microlock.Mutex, conn *connFlags) {
 	if err := m.Unlock(ctx); err != nil {
 		fmt.Fprintf(c.stderr, "microlock: releasing %q after the command ended: %v (the lock expires with its lease)\n", m.Key(), err)
 	}
-}
-
-// eventLog prints the library's Retrying events on stderr without ever
-// blocking the library: hooks run in its renewal goroutine, and a stalled
-// stderr must not delay the loss signal. Lines that do not fit the buffer
-// are dropped, and so are events that come after stop (a renewal goroutine
-// may still be finishing one when the Mutex is closed).
-type eventLog struct {
-	mu     sync.Mutex
-	lines  chan string
-	closed bool
-	done   chan struct{}
-}
-
-func startEventLog(w io.Writer) *eventLog {
-	l := &eventLog{lines: make(chan string, 64), done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		for s := range l.lines {
-			fmt.Fprintln(w, s)
-		}
-	}()
-	return l
-}
-
-func (l *eventLog) hook(ev microlock.Event) {
-	if ev.Type != microlock.Retrying {
-		return
-	}
-	line := fmt.Sprintf("%v; retrying", ev.Err)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return
-	}
-	select {
-	case l.lines <- line:
-	default:
-	}
-}
-
-// stop flushes the lines and waits for the printer.
-func (l *eventLog) stop() {
-	l.mu.Lock()
-	if !l.closed {
-		l.closed = true
-		close(l.lines)
-	}
-	l.mu.Unlock()
-	<-l.done
 }

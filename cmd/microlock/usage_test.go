@@ -59,7 +59,7 @@ func TestHelp(t *testing.T) {
 	for _, args := range [][]string{
 		{"help"}, {"--help"}, {"-h"},
 		{"run", "--help"}, {"holder", "-h"}, {"watch", "--help"}, {"demo", "--help"}, {"help", "run"},
-		{"break", "--help"}, {"help", "break"},
+		{"break", "--help"}, {"help", "break"}, {"list", "--help"}, {"help", "list"},
 		{"run", "k", "--help", "--", "true"},
 	} {
 		code, stdout, stderr := runMicrolock(t, args...)
@@ -71,10 +71,11 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	for cmd, wants := range map[string][]string{
-		"run":    {"--endpoints", "ETCDCTL_ENDPOINTS", "--no-wait", "--grace", "Exit codes:", "76 "},
+		"run":    {"--endpoints", "ETCDCTL_ENDPOINTS", "--no-wait", "--grace", "Exit codes:", "76 ", "--metrics-addr", "microlock_waiting"},
+		"list":   {"--json", "PREFIX", "remaining_ttl_seconds", "waiting", "--endpoints", "69 "},
 		"holder": {"since (", "revision (", "--json"},
 		"break":  {"--force", "--json", "Exit codes:", "75 ", "77 ", "79 ", "--endpoints"},
-		"help":   {"microlock break"},
+		"help":   {"microlock break", "microlock list"},
 	} {
 		args := []string{cmd, "--help"}
 		if cmd == "help" {

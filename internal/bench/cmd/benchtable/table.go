@@ -343,6 +343,7 @@ func (t *table) build() {
 	}
 	t.add(row{measure: "Held: locks lost (N=1000 and 10000)", microlock: num(lm), etcd: num(le), target: "0", result: lost})
 
+	t.events()
 	t.buildAdmission()
 }
 
