@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/etcdtest"
 	"github.com/microlock/microlock/internal/faultproxy"
 )
 
@@ -83,7 +84,7 @@ func (c *cli) demo(args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "Starting etcd (%s) in a temporary directory...\n", bin)
-		srv, err := startLocalEtcd(ctx, bin)
+		srv, err := etcdtest.LaunchContext(ctx, 1, etcdtest.WithBinary(bin))
 		if err != nil {
 			if ie := interrupted(ctx); ie != nil {
 				return ie
@@ -91,11 +92,12 @@ func (c *cli) demo(args []string) error {
 			return fmt.Errorf("microlock: demo: %w", err)
 		}
 		defer func() {
-			srv.stop()
-			fmt.Fprintf(c.stdout, "Stopped etcd and removed %s.\n", srv.dir)
+			srv.Stop()
+			fmt.Fprintf(c.stdout, "Stopped etcd and removed %s.\n", srv.Dir())
 		}()
-		cfg = clientv3.Config{Endpoints: []string{srv.endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
-		where = "a local etcd at " + srv.endpoint + ", data in " + srv.dir
+		endpoint := srv.Endpoints()[0]
+		cfg = clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+		where = "a local etcd at " + endpoint + ", data in " + srv.Dir()
 	}
 
 	err = runDemo(ctx, c.stdout, cfg, where)

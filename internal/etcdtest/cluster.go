@@ -1,10 +1,12 @@
 // Package etcdtest runs real etcd clusters, and proxies in front of them, for
-// microlock's tests. Nothing is mocked: members are etcd processes built from
-// the tools module (see EtcdBinary), partitions are made by proxies that
-// swallow bytes, and hangs by SIGSTOP.
+// microlock's tests and for the command-line tool's demo. Nothing is mocked:
+// members are etcd processes built from the tools module (see EtcdBinary) or
+// the binary given WithBinary, partitions are made by proxies that swallow
+// bytes, and hangs by SIGSTOP.
 //
 // Everything a test starts here is torn down at tb.Cleanup, processes and
-// goroutines alike, so tests can use goleak.VerifyTestMain.
+// goroutines alike, so tests can use goleak.VerifyTestMain; a program that
+// uses Launch or LaunchContext calls Stop.
 package etcdtest
 
 import (
@@ -48,11 +50,16 @@ type Cluster struct {
 type Option func(*config)
 
 type config struct {
+	bin         string // the etcd server binary; EtcdBinary's when empty
 	peerProxies bool
 	args        []string
 	dataDir     string
 	tls         *ClientTLS
 }
+
+// WithBinary runs the etcd server binary at path instead of EtcdBinary's,
+// which is built from the repository's tools module.
+func WithBinary(path string) Option { return func(c *config) { c.bin = path } }
 
 // WithPeerProxies puts a proxy in front of every member's peer listener so
 // that Isolate can partition members. It needs plain-HTTP peer traffic: the
@@ -124,6 +131,12 @@ func Start(tb testing.TB, size int, opts ...Option) *Cluster {
 // Launch is Start for a TestMain, which has no testing.TB: the caller must
 // call Stop. Examples use a cluster launched this way.
 func Launch(size int, opts ...Option) (*Cluster, error) {
+	return LaunchContext(context.Background(), size, opts...)
+}
+
+// LaunchContext is Launch that gives up when ctx is done, for a program
+// that a signal may interrupt while etcd starts.
+func LaunchContext(ctx context.Context, size int, opts ...Option) (*Cluster, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("cluster size %d, want at least 1", size)
 	}
@@ -131,13 +144,16 @@ func Launch(size int, opts ...Option) (*Cluster, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	bin, err := EtcdBinary()
-	if err != nil {
-		return nil, err
+	bin := cfg.bin
+	if bin == "" {
+		var err error
+		if bin, err = EtcdBinary(); err != nil {
+			return nil, err
+		}
 	}
 	for attempt := 1; ; attempt++ {
 		c := &Cluster{cfg: cfg, bin: bin, isolated: make(map[*Member]bool)}
-		err := c.launch(size)
+		err := c.launch(ctx, size)
 		if err == nil {
 			return c, nil
 		}
@@ -150,9 +166,9 @@ func Launch(size int, opts ...Option) (*Cluster, error) {
 	}
 }
 
-// launch starts the processes of a new cluster and waits until they serve.
-// On error, the caller must still call stop.
-func (c *Cluster) launch(size int) error {
+// launch starts the processes of a new cluster and waits until they serve,
+// or until ctx is done. On error, the caller must still call stop.
+func (c *Cluster) launch(ctx context.Context, size int) error {
 	dir, err := makeDataDir(c.cfg.dataDir)
 	if err != nil {
 		return err
@@ -224,7 +240,7 @@ func (c *Cluster) launch(size int) error {
 			return err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	for _, m := range c.Members {
 		if err := m.waitServing(ctx, m.proc, true); err != nil {
@@ -281,6 +297,10 @@ func (c *Cluster) member(name string) *Member {
 	}
 	return nil
 }
+
+// Dir returns the directory of the members' data and logs, which Stop
+// removes.
+func (c *Cluster) Dir() string { return c.dir }
 
 // Endpoints returns the direct client URLs of all members, in member order.
 func (c *Cluster) Endpoints() []string {
