@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
@@ -291,58 +292,54 @@ func TestInteropEtcdctlContention(t *testing.T) {
 		return err
 	}
 	const rounds = 3
-	var wg sync.WaitGroup
+	var eg errgroup.Group
 	for i := range 2 {
-		wg.Add(3)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			who := fmt.Sprintf("microlock-%d", i)
 			for range rounds {
 				if err := microlock.WithLock(ctx, c, key, func(context.Context) error { return mark(who) }); err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
+					return fmt.Errorf("%s: %w", who, err)
 				}
 			}
-		}()
-		go func() {
-			defer wg.Done()
+			return nil
+		})
+		eg.Go(func() error {
 			who := fmt.Sprintf("mutex-%d", i)
 			s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
 			if err != nil {
-				t.Error(err)
-				return
+				return err
 			}
 			defer s.Close()
 			m := concurrency.NewMutex(s, key)
 			for range rounds {
 				if err := m.Lock(ctx); err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
+					return fmt.Errorf("%s: %w", who, err)
 				}
 				err := mark(who)
 				if uerr := m.Unlock(ctx); err == nil {
 					err = uerr
 				}
 				if err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
+					return fmt.Errorf("%s: %w", who, err)
 				}
 			}
-		}()
-		go func() {
-			defer wg.Done()
+			return nil
+		})
+		eg.Go(func() error {
 			who := fmt.Sprintf("etcdctl-%d", i)
 			for range rounds {
 				cmd := exec.CommandContext(ctx, bin, "--endpoints", strings.Join(shared.Endpoints(), ","),
 					"lock", key, "--", "sh", "-c", `echo "start $2" >> "$1"; sleep 0.02; echo "end $2" >> "$1"`, "sh", marks, who)
 				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Errorf("%s: %v: %s", who, err, out)
-					return
+					return fmt.Errorf("%s: %w: %s", who, err, out)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(marks)
 	if err != nil {
 		t.Fatal(err)

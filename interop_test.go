@@ -3,11 +3,12 @@ package microlock_test
 import (
 	"context"
 	"errors"
-	"sync"
+	"fmt"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 )
@@ -86,12 +87,10 @@ func TestInteropConcurrencyMutex(t *testing.T) {
 	})
 	t.Run("mixed-contention", func(t *testing.T) {
 		var g gauge
-		var wg sync.WaitGroup
+		var eg errgroup.Group
 		const rounds = 10
 		for i := range 3 {
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
+			eg.Go(func() error {
 				for range rounds {
 					err := microlock.WithLock(ctx, c, key, func(context.Context) error {
 						g.enter()
@@ -100,36 +99,36 @@ func TestInteropConcurrencyMutex(t *testing.T) {
 						return nil
 					})
 					if err != nil {
-						t.Errorf("ours %d: %v", i, err)
-						return
+						return fmt.Errorf("ours %d: %w", i, err)
 					}
 				}
-			}()
-			go func() {
-				defer wg.Done()
-				s, err := concurrency.NewSession(client(t), concurrency.WithTTL(5))
+				return nil
+			})
+			theirs := client(t)
+			eg.Go(func() error {
+				s, err := concurrency.NewSession(theirs, concurrency.WithTTL(5))
 				if err != nil {
-					t.Error(err)
-					return
+					return err
 				}
 				defer s.Close()
 				m := concurrency.NewMutex(s, key)
 				for range rounds {
 					if err := m.Lock(ctx); err != nil {
-						t.Errorf("theirs %d: %v", i, err)
-						return
+						return fmt.Errorf("theirs %d: %w", i, err)
 					}
 					g.enter()
 					time.Sleep(time.Millisecond)
 					g.exit()
 					if err := m.Unlock(ctx); err != nil {
-						t.Errorf("theirs %d: %v", i, err)
-						return
+						return fmt.Errorf("theirs %d: %w", i, err)
 					}
 				}
-			}()
+				return nil
+			})
 		}
-		wg.Wait()
+		if err := eg.Wait(); err != nil {
+			t.Fatal(err)
+		}
 		if m := g.max.Load(); m != 1 {
 			t.Fatalf("saw %d holders at once", m)
 		}

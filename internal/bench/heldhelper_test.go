@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,12 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 )
@@ -246,35 +245,14 @@ func (k rpcKind) String() string {
 }
 
 // forEach runs fn on every lock, heldWorkers at a time, and returns the
-// first error.
+// first error; an error does not stop the others.
 func forEach(locks []heldLock, fn func(heldLock) error) error {
-	work := make(chan heldLock)
-	errs := make(chan error, heldWorkers)
-	var wg sync.WaitGroup
-	for range heldWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var first error
-			for l := range work {
-				if err := fn(l); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(heldWorkers)
 	for _, l := range locks {
-		work <- l
+		g.Go(func() error { return fn(l) })
 	}
-	close(work)
-	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		all = append(all, err)
-	}
-	return errors.Join(all...)
+	return g.Wait()
 }
 
 // memory returns the heap in use and the resident set size, in bytes, after
