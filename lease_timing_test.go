@@ -1,0 +1,459 @@
+package microlock
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The lease's timing, in a testing/synctest bubble: time is virtual and
+// moves only when every goroutine of the test waits, so these tests sleep
+// through hours of lease life in microseconds, and every instant they check
+// is exact. Only the lease's own etcd calls (grant, renewals, revoke) are
+// faked, by fakeEtcd; the lease's code, its timers and its goroutines are
+// the real ones. The tests against real etcd check the same behaviour with
+// real time.
+
+// fakeEtcd answers a lease's etcd calls inside a bubble, as told, and
+// records when each came.
+type fakeEtcd struct {
+	start      time.Time     // the bubble's start: the recorded instants are offsets from it
+	grantAfter time.Duration // how long a grant takes
+	// answer says how a renewal sent at offset sent goes: it is answered
+	// after after (never, if negative) with the TTL ttl, or fails with err.
+	answer func(sent time.Duration) (after time.Duration, ttl int64, err error)
+
+	ctx         context.Context // Ctx: ends when the test closes the client
+	closeClient context.CancelFunc
+
+	mu       sync.Mutex
+	granted  int64 // the TTL of the last grant, in seconds
+	grants   []time.Duration
+	renewals []renewal
+	revokes  []time.Duration
+}
+
+// renewal is one renewal the fake received.
+type renewal struct {
+	sent time.Duration
+	// void: its context ended the instant it was sent. When an attempt's
+	// timeout and the timeout of the renewal it belongs to fire at the
+	// same instant, keepAliveOnce may see the first alone and start a
+	// second attempt, which the second ends at once.
+	void bool
+}
+
+// newFakeEtcd makes a fake etcd in the current bubble. Renewals succeed at
+// once with the TTL granted, unless answer says otherwise.
+func newFakeEtcd() *fakeEtcd {
+	f := &fakeEtcd{start: time.Now()}
+	f.ctx, f.closeClient = context.WithCancel(context.Background())
+	return f
+}
+
+func (f *fakeEtcd) now() time.Duration { return time.Since(f.start) }
+
+func (f *fakeEtcd) Ctx() context.Context { return f.ctx }
+
+func (f *fakeEtcd) Grant(ctx context.Context, ttl int64) (*clientv3.LeaseGrantResponse, error) {
+	f.mu.Lock()
+	f.grants = append(f.grants, f.now())
+	id := clientv3.LeaseID(len(f.grants))
+	f.granted = ttl
+	f.mu.Unlock()
+	t := time.NewTimer(f.grantAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return &clientv3.LeaseGrantResponse{ID: id, TTL: ttl}, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (f *fakeEtcd) Revoke(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseRevokeResponse, error) {
+	f.mu.Lock()
+	f.revokes = append(f.revokes, f.now())
+	f.mu.Unlock()
+	return &clientv3.LeaseRevokeResponse{}, nil
+}
+
+func (f *fakeEtcd) renewer() leaseRenewer {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &fakeRenewer{f: f, closed: ctx, stop: cancel}
+}
+
+// fakeRenewer is one lease's renewals on a fakeEtcd.
+type fakeRenewer struct {
+	f      *fakeEtcd
+	closed context.Context // ended by close
+	stop   context.CancelFunc
+}
+
+func (r *fakeRenewer) close() { r.stop() }
+
+func (r *fakeRenewer) renew(ctx context.Context, id clientv3.LeaseID) (time.Time, *pb.LeaseKeepAliveResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return time.Time{}, nil, err
+	}
+	if r.closed.Err() != nil {
+		return time.Time{}, nil, errRenewClosed
+	}
+	t0 := time.Now()
+	f := r.f
+	sent := f.now()
+	f.mu.Lock()
+	f.renewals = append(f.renewals, renewal{sent: sent})
+	n := len(f.renewals) - 1
+	after, ttl, err := time.Duration(0), f.granted, error(nil)
+	f.mu.Unlock()
+	if f.answer != nil {
+		after, ttl, err = f.answer(sent)
+	}
+	if after != 0 {
+		var answered <-chan time.Time // never, if after < 0
+		if after > 0 {
+			t := time.NewTimer(after)
+			defer t.Stop()
+			answered = t.C
+		}
+		select {
+		case <-answered:
+		case <-ctx.Done():
+			if f.now() == sent {
+				f.mu.Lock()
+				f.renewals[n].void = true
+				f.mu.Unlock()
+			}
+			return time.Time{}, nil, ctx.Err()
+		case <-r.closed.Done():
+			return time.Time{}, nil, errRenewClosed
+		}
+	}
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	return t0, &pb.LeaseKeepAliveResponse{ID: int64(id), TTL: ttl}, nil
+}
+
+// sends returns the instants renewals were sent, but for void ones.
+func (f *fakeEtcd) sends() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []time.Duration
+	for _, r := range f.renewals {
+		if !r.void {
+			out = append(out, r.sent)
+		}
+	}
+	return out
+}
+
+func (f *fakeEtcd) revoked() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.revokes)
+}
+
+// table returns a lease table of its own whose leases use f.
+func (f *fakeEtcd) table() *leaseTable {
+	return &leaseTable{leases: make(map[leaseKey]*lease), etcd: func(*clientv3.Client) leaseEtcd { return f }}
+}
+
+// acquireLease takes a lease of ttl seconds from tab at the current instant.
+func acquireLease(t *testing.T, tab *leaseTable, client *clientv3.Client, ttl int64) *lease {
+	t.Helper()
+	l, err := tab.acquire(context.Background(), client, ttl)
+	if err != nil {
+		t.Fatalf("acquire: %v", err)
+	}
+	return l
+}
+
+// closeAll closes f's client, which ends every lease on it, and waits for l.
+func (f *fakeEtcd) closeAll(l *lease) {
+	f.closeClient()
+	<-l.done
+}
+
+// sleepUntil sleeps until offset at of the bubble's start and waits until
+// everything due by then has run.
+func (f *fakeEtcd) sleepUntil(at time.Duration) {
+	time.Sleep(at - f.now())
+	synctest.Wait()
+}
+
+func ended(l *lease) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ended
+}
+
+// ms is a duration in milliseconds, for writing instants.
+func ms(n float64) time.Duration { return time.Duration(n * float64(time.Millisecond)) }
+
+const third = 3333333333 * time.Nanosecond // TTL/3 of a 10 s lease
+
+// TestLeaseTimingAckedLate: a renewal's deadline counts from when it was
+// sent, however late its answer came; the next renewal is due TTL/3 after
+// the last one was sent; and an answer that comes after the attempt's
+// timeout extends nothing: the retry's does.
+func TestLeaseTimingAckedLate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		f.answer = func(sent time.Duration) (time.Duration, int64, error) {
+			switch {
+			case sent < 5*time.Second:
+				return 1500 * time.Millisecond, 10, nil // late, within the attempt's 1.67 s
+			case sent < ms(8400):
+				return 2 * time.Second, 10, nil // after the attempt gave up
+			}
+			return 0, 10, nil
+		}
+		l := acquireLease(t, f.table(), &clientv3.Client{}, 10)
+		defer f.closeAll(l)
+
+		// Granted at 0: lost at 0 + 10 s·0.999 − 1 s.
+		if got := l.currentDeadline().Sub(f.start); got != ms(8990) {
+			t.Fatalf("deadline after the grant: %v, want 8.99s", got)
+		}
+		f.sleepUntil(third + 1500*time.Millisecond) // the first renewal's answer is in
+		if got := l.currentDeadline().Sub(f.start); got != third+ms(8990) {
+			t.Fatalf("deadline after a renewal sent at %v and answered 1.5s later: %v, want %v (from the send)", third, got, third+ms(8990))
+		}
+		// The second renewal, sent at 2·TTL/3, times out at 2·TTL/3 +
+		// TTL/6 = 8.33s; the retry goes 100 ms later.
+		f.sleepUntil(9 * time.Second)
+		retry := 2*third + 1666666666 + ms(100)
+		if got := l.currentDeadline().Sub(f.start); got != retry+ms(8990) {
+			t.Fatalf("deadline after a too-late answer and a retry: %v, want %v (from the retry at %v)", got, retry+ms(8990), retry)
+		}
+		f.sleepUntil(12 * time.Second)
+		want := []time.Duration{third, 2 * third, retry, retry + third}
+		if got := f.sends(); !slices.Equal(got, want) {
+			t.Fatalf("renewals sent at %v, want %v", got, want)
+		}
+		if ended(l) {
+			t.Fatal("the lease ended")
+		}
+	})
+}
+
+// TestLeaseTimingNeverAcked: renewals that are never answered are given up
+// after TTL/6 each and retried, the lease ends at its deadline to the
+// nanosecond, and it is revoked no sooner than etcd could expire it itself:
+// t0 + TTL.
+func TestLeaseTimingNeverAcked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		f.answer = func(time.Duration) (time.Duration, int64, error) { return -1, 0, nil }
+		l := acquireLease(t, f.table(), &clientv3.Client{}, 10)
+		defer f.closeAll(l)
+
+		f.sleepUntil(ms(8990) - 1)
+		if ended(l) {
+			t.Fatal("the lease ended before its deadline")
+		}
+		f.sleepUntil(ms(8990))
+		if !ended(l) {
+			t.Fatal("the lease did not end at its deadline, 8.99s")
+		}
+		timeout := 1666666666 * time.Nanosecond // TTL/6
+		s1 := third
+		s2 := s1 + timeout + ms(100)
+		s3 := s2 + timeout + ms(200) // the next, 400 ms after, would be past the deadline
+		if got, want := f.sends(), []time.Duration{s1, s2, s3}; !slices.Equal(got, want) {
+			t.Fatalf("renewals sent at %v, want %v", got, want)
+		}
+		f.sleepUntil(10*time.Second - 1)
+		if got := f.revoked(); len(got) != 0 {
+			t.Fatalf("revoked at %v, before etcd could expire the lease (10s)", got)
+		}
+		f.sleepUntil(11 * time.Second)
+		if got := f.revoked(); !slices.Equal(got, []time.Duration{10 * time.Second}) {
+			t.Fatalf("revoked at %v, want once at 10s", got)
+		}
+	})
+}
+
+// TestLeaseTimingDeadlineExact: with every renewal refused, every hold on
+// the lease is lost at exactly t0 + T·(1−0.001) − max(250ms, T/10), t0 being
+// when the grant was sent, however long the grant took; the first renewal is
+// due TTL/3 after the grant was sent.
+func TestLeaseTimingDeadlineExact(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		f.grantAfter = 500 * time.Millisecond
+		f.answer = func(time.Duration) (time.Duration, int64, error) { return 0, 0, rpctypes.ErrNoLeader }
+		l := acquireLease(t, f.table(), &clientv3.Client{}, 2)
+		defer f.closeAll(l)
+
+		deadline := 2*time.Second - 2*time.Millisecond - 250*time.Millisecond // 1.748s
+		if got := l.currentDeadline().Sub(f.start); got != deadline {
+			t.Fatalf("deadline %v, want %v", got, deadline)
+		}
+		f.sleepUntil(deadline - 1)
+		if ended(l) {
+			t.Fatalf("ended before %v", deadline)
+		}
+		select {
+		case <-l.done:
+			t.Fatal("the renewal loop ended before the deadline")
+		default:
+		}
+		f.sleepUntil(deadline)
+		if !ended(l) {
+			t.Fatalf("not ended at %v", deadline)
+		}
+		select {
+		case <-l.done:
+		default:
+			t.Fatal("the renewal loop still runs after the deadline")
+		}
+		if got := f.sends(); len(got) == 0 || got[0] != 666666666 {
+			t.Fatalf("renewals sent at %v, want the first at TTL/3 = 0.67s", got)
+		}
+	})
+}
+
+// TestLeaseTimingRetrySpacing: a failed renewal is retried after 100 ms,
+// then twice as long each time up to TTL/6; a success resets the pause and
+// brings back the TTL/3 schedule.
+func TestLeaseTimingRetrySpacing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		f.answer = func(sent time.Duration) (time.Duration, int64, error) {
+			if (sent >= 3*time.Second && sent < 8*time.Second) || (sent >= 11*time.Second && sent < ms(11500)) {
+				return 0, 0, rpctypes.ErrNoLeader
+			}
+			return 0, 10, nil
+		}
+		l := acquireLease(t, f.table(), &clientv3.Client{}, 10)
+		defer f.closeAll(l)
+
+		f.sleepUntil(15 * time.Second)
+		sends := f.sends()
+		var gaps []time.Duration
+		for i := 1; i < len(sends); i++ {
+			gaps = append(gaps, sends[i]-sends[i-1])
+		}
+		cap := 1666666666 * time.Nanosecond // TTL/6
+		want := []time.Duration{ms(100), ms(200), ms(400), ms(800), ms(1600), cap, third, ms(100), third}
+		if !slices.Equal(gaps, want) {
+			t.Fatalf("renewals sent at %v: gaps %v, want %v", sends, gaps, want)
+		}
+		if ended(l) {
+			t.Fatal("the lease ended")
+		}
+	})
+}
+
+// TestLeaseTimingIdleLinger: an unused lease is kept renewed for
+// leaseLinger after its last use and revoked then, to the nanosecond; a use
+// in between starts the count again.
+func TestLeaseTimingIdleLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		tab := f.table()
+		client := &clientv3.Client{}
+		l := acquireLease(t, tab, client, 10)
+		defer f.closeAll(l)
+
+		f.sleepUntil(4 * time.Second)
+		l.unref()
+		f.sleepUntil(8 * time.Second)
+		if again := acquireLease(t, tab, client, 10); again != l {
+			t.Fatal("a lease unused for 4s was not reused")
+		}
+		f.sleepUntil(9 * time.Second)
+		l.unref()
+		f.sleepUntil(9*time.Second + leaseLinger - 1)
+		if got := f.revoked(); len(got) != 0 || ended(l) {
+			t.Fatalf("revoked at %v (ended %v), before 9s + %v", got, ended(l), leaseLinger)
+		}
+		f.sleepUntil(9*time.Second + leaseLinger)
+		if got := f.revoked(); !slices.Equal(got, []time.Duration{9*time.Second + leaseLinger}) || !ended(l) {
+			t.Fatalf("revoked at %v (ended %v), want once at 9s + %v", got, ended(l), leaseLinger)
+		}
+		// Renewed all along, on schedule, until the revoke.
+		want := []time.Duration{third, 2 * third, 3 * third, 4 * third, 5 * third}
+		if got := f.sends(); !slices.Equal(got, want) {
+			t.Fatalf("renewals sent at %v, want %v", got, want)
+		}
+	})
+}
+
+// TestLeaseTimingSharedGrant: callers that ask for a lease while it is
+// being granted share the one grant; a caller whose context ends stops
+// waiting at that instant, and neither the grant nor the others' waits end
+// with it.
+func TestLeaseTimingSharedGrant(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeEtcd()
+		f.grantAfter = 3 * time.Second
+		tab := f.table()
+		client := &clientv3.Client{}
+		type result struct {
+			at  time.Duration
+			l   *lease
+			err error
+		}
+		// ask asks for the lease at start, giving up after timeout (never
+		// if 0; at once if negative).
+		ask := func(start, timeout time.Duration) <-chan result {
+			ch := make(chan result, 1)
+			go func() {
+				time.Sleep(start)
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				switch {
+				case timeout < 0:
+					cancel()
+				case timeout > 0:
+					ctx, cancel = context.WithTimeout(ctx, timeout)
+					defer cancel()
+				}
+				l, err := tab.acquire(ctx, client, 10)
+				ch <- result{f.now(), l, err}
+			}()
+			return ch
+		}
+		short := ask(0, time.Second)   // gives up at 1s
+		long := ask(0, 5*time.Second)  // waits for the grant until 3s
+		late := ask(2*time.Second, 0)  // joins the grant at 2s
+		cancelled := ask(ms(1500), -1) // its context ended before it asked
+
+		if r := <-short; r.at != time.Second || !errors.Is(r.err, context.DeadlineExceeded) {
+			t.Fatalf("the caller with 1s: %+v, want context.DeadlineExceeded at 1s", r)
+		}
+		if r := <-cancelled; r.at != ms(1500) || !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("the caller whose context had ended: %+v, want context.Canceled at 1.5s", r)
+		}
+		r1, r2 := <-long, <-late
+		if r1.err != nil || r2.err != nil || r1.at != 3*time.Second || r2.at != 3*time.Second || r1.l != r2.l {
+			t.Fatalf("the callers with 5s and without a deadline: %+v and %+v, want one lease at 3s", r1, r2)
+		}
+		l := r1.l
+		defer f.closeAll(l)
+		f.mu.Lock()
+		grants := slices.Clone(f.grants)
+		f.mu.Unlock()
+		if !slices.Equal(grants, []time.Duration{0}) {
+			t.Fatalf("grants sent at %v, want one at 0", grants)
+		}
+		l.mu.Lock()
+		refs := l.refs
+		l.mu.Unlock()
+		if refs != 2 {
+			t.Fatalf("the shared lease has %d references, want 2", refs)
+		}
+	})
+}
