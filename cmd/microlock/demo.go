@@ -255,19 +255,11 @@ func demoContention(ctx context.Context, tl *timeline, clients []*clientv3.Clien
 func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *clientv3.Client) (stoppedAt, takenAt time.Time, err error) {
 	const cut, waiter = "worker-5", "worker-1"
 	fmt.Fprintf(tl.w, "\n2. %s holds the lock and is cut off from etcd; %s waits for the lock.\n", cut, waiter)
-	proxy, err := faultproxy.New(cfg.Endpoints[0])
-	if err != nil {
-		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %w", err)
-	}
-	defer proxy.Close()
-	cutCfg, err := throughProxy(cfg, proxy.Addr())
+	proxy, cutClient, err := dialThroughProxy(cfg)
 	if err != nil {
 		return stoppedAt, takenAt, err
 	}
-	cutClient, err := clientv3.New(cutCfg)
-	if err != nil {
-		return stoppedAt, takenAt, etcdError(fmt.Errorf("microlock: demo: connecting through the proxy: %w", err))
-	}
+	defer proxy.Close()
 	defer cutClient.Close()
 
 	holding := make(chan struct{})
@@ -321,17 +313,43 @@ func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *cl
 	if nextErr != nil {
 		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s: %w", waiter, nextErr)
 	}
+	return stoppedAt, takenAt, reportCutOff(tl, cut, waiter, cutAt, stoppedAt, takenAt)
+}
+
+// dialThroughProxy starts a proxy to cfg's first endpoint and connects a
+// client through it. The caller closes both.
+func dialThroughProxy(cfg clientv3.Config) (*faultproxy.Proxy, *clientv3.Client, error) {
+	proxy, err := faultproxy.New(cfg.Endpoints[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("microlock: demo: %w", err)
+	}
+	cutCfg, err := throughProxy(cfg, proxy.Addr())
+	if err != nil {
+		proxy.Close()
+		return nil, nil, err
+	}
+	client, err := clientv3.New(cutCfg)
+	if err != nil {
+		proxy.Close()
+		return nil, nil, etcdError(fmt.Errorf("microlock: demo: connecting through the proxy: %w", err))
+	}
+	return proxy, client, nil
+}
+
+// reportCutOff prints when the cut-off worker stopped and the waiter took
+// over, and fails unless the one came before the other.
+func reportCutOff(tl *timeline, cut, waiter string, cutAt, stoppedAt, takenAt time.Time) error {
 	fmt.Fprintf(tl.w, "   %s's work was cancelled %v after it was cut off; %s took over %v after the cut.\n",
 		cut, stoppedAt.Sub(cutAt).Round(time.Millisecond), waiter, takenAt.Sub(cutAt).Round(time.Millisecond))
 	if !stoppedAt.Before(takenAt) {
-		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s still worked %v after %s took the lock",
+		return fmt.Errorf("microlock: demo: %s still worked %v after %s took the lock",
 			cut, stoppedAt.Sub(takenAt), waiter)
 	}
 	fmt.Fprintf(tl.w, "   Margin: %s stopped %v before %s could start. The library gives up on a lease\n"+
 		"   max(250ms, TTL/10) before the earliest moment etcd could expire it, counted from the\n"+
 		"   last renewal etcd acknowledged; etcd notices expired leases within about 500ms more.\n",
 		cut, takenAt.Sub(stoppedAt).Round(time.Millisecond), waiter)
-	return stoppedAt, takenAt, nil
+	return nil
 }
 
 // throughProxy returns cfg with its first endpoint replaced by the proxy at

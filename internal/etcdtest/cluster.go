@@ -175,63 +175,9 @@ func (c *Cluster) launch(ctx context.Context, size int) error {
 	}
 	c.dir = dir
 
-	ports, err := freePorts(2 * size)
-	if err != nil {
+	if err := c.addMembers(size); err != nil {
 		return err
 	}
-	scheme := "http"
-	if c.cfg.tls != nil {
-		scheme = "https"
-	}
-	var initial []string
-	for i := range size {
-		name := fmt.Sprintf("m%d", i)
-		m := &Member{
-			Name:      name,
-			ClientURL: scheme + "://127.0.0.1:" + ports[2*i],
-			c:         c,
-			peerURL:   "http://127.0.0.1:" + ports[2*i+1],
-			logPath:   filepath.Join(dir, name+".log"),
-		}
-		c.Members = append(c.Members, m)
-		advertised := m.peerURL
-		if c.cfg.peerProxies {
-			if m.peer, err = newPeerProxy("127.0.0.1:" + ports[2*i+1]); err != nil {
-				return err
-			}
-			advertised = "http://" + m.peer.Addr()
-		}
-		m.args = []string{
-			"--name", name,
-			"--data-dir", filepath.Join(dir, name+".data"),
-			"--listen-client-urls", m.ClientURL,
-			"--advertise-client-urls", m.ClientURL,
-			"--listen-peer-urls", m.peerURL,
-			"--initial-advertise-peer-urls", advertised,
-		}
-		if t := c.cfg.tls; t != nil {
-			m.args = append(m.args, "--cert-file", t.CertFile, "--key-file", t.KeyFile)
-			if t.ClientCAFile != "" {
-				m.args = append(m.args, "--client-cert-auth", "--trusted-ca-file", t.ClientCAFile)
-			}
-		}
-		initial = append(initial, name+"="+advertised)
-	}
-	for _, m := range c.Members {
-		m.args = append(m.args,
-			"--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-state", "new",
-			"--initial-cluster-token", filepath.Base(dir), // unique, so strays cannot join
-			"--heartbeat-interval", "100",
-			"--election-timeout", "1000",
-			"--log-level", "warn",
-			// Tests kill processes, not machines: written data is in the
-			// page cache either way, and fsync only costs time.
-			"--unsafe-no-fsync",
-		)
-		m.args = append(m.args, c.cfg.args...)
-	}
-
 	for _, m := range c.Members {
 		m.mu.Lock()
 		err := m.startLocked()
@@ -251,6 +197,11 @@ func (c *Cluster) launch(ctx context.Context, size int) error {
 	if c.cli, err = newClient(c.cfg.clientTLS(), c.Endpoints()...); err != nil {
 		return err
 	}
+	return c.readMemberIDs(ctx)
+}
+
+// readMemberIDs learns each member's ID from the member list.
+func (c *Cluster) readMemberIDs(ctx context.Context) error {
 	resp, err := c.cli.MemberList(ctx)
 	if err != nil {
 		return fmt.Errorf("listing members: %v", err)
@@ -266,6 +217,78 @@ func (c *Cluster) launch(ctx context.Context, size int) error {
 		}
 	}
 	return nil
+}
+
+// addMembers makes the cluster's size members, on free ports, with their
+// flags, and their peer proxies WithPeerProxies; it starts no process.
+func (c *Cluster) addMembers(size int) error {
+	ports, err := freePorts(2 * size)
+	if err != nil {
+		return err
+	}
+	var initial []string
+	for i := range size {
+		m, advertised, err := c.newMember(fmt.Sprintf("m%d", i), ports[2*i], ports[2*i+1])
+		if err != nil {
+			return err
+		}
+		c.Members = append(c.Members, m)
+		initial = append(initial, m.Name+"="+advertised)
+	}
+	for _, m := range c.Members {
+		m.args = append(m.args,
+			"--initial-cluster", strings.Join(initial, ","),
+			"--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(c.dir), // unique, so strays cannot join
+			"--heartbeat-interval", "100",
+			"--election-timeout", "1000",
+			"--log-level", "warn",
+			// Tests kill processes, not machines: written data is in the
+			// page cache either way, and fsync only costs time.
+			"--unsafe-no-fsync",
+		)
+		m.args = append(m.args, c.cfg.args...)
+	}
+	return nil
+}
+
+// newMember makes the member name, listening for clients on clientPort and
+// for peers on peerPort, with its own flags, and returns the peer URL it
+// advertises: its peer proxy's WithPeerProxies.
+func (c *Cluster) newMember(name, clientPort, peerPort string) (m *Member, advertised string, err error) {
+	scheme := "http"
+	if c.cfg.tls != nil {
+		scheme = "https"
+	}
+	m = &Member{
+		Name:      name,
+		ClientURL: scheme + "://127.0.0.1:" + clientPort,
+		c:         c,
+		peerURL:   "http://127.0.0.1:" + peerPort,
+		logPath:   filepath.Join(c.dir, name+".log"),
+	}
+	advertised = m.peerURL
+	if c.cfg.peerProxies {
+		if m.peer, err = newPeerProxy("127.0.0.1:" + peerPort); err != nil {
+			return nil, "", err
+		}
+		advertised = "http://" + m.peer.Addr()
+	}
+	m.args = []string{
+		"--name", name,
+		"--data-dir", filepath.Join(c.dir, name+".data"),
+		"--listen-client-urls", m.ClientURL,
+		"--advertise-client-urls", m.ClientURL,
+		"--listen-peer-urls", m.peerURL,
+		"--initial-advertise-peer-urls", advertised,
+	}
+	if t := c.cfg.tls; t != nil {
+		m.args = append(m.args, "--cert-file", t.CertFile, "--key-file", t.KeyFile)
+		if t.ClientCAFile != "" {
+			m.args = append(m.args, "--client-cert-auth", "--trusted-ca-file", t.ClientCAFile)
+		}
+	}
+	return m, advertised, nil
 }
 
 // Stop kills every member, closes the proxies and the harness's clients and
