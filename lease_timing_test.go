@@ -391,6 +391,34 @@ func TestLeaseTimingIdleLinger(t *testing.T) {
 	})
 }
 
+// acquireResult is what a caller of leaseTable.acquire got, and when.
+type acquireResult struct {
+	at  time.Duration
+	l   *lease
+	err error
+}
+
+// askLease asks tab for a 10 s lease at offset start, giving up after
+// timeout (never if 0; at once if negative), on a goroutine of its own.
+func askLease(f *fakeEtcd, tab *leaseTable, client *clientv3.Client, start, timeout time.Duration) <-chan acquireResult {
+	ch := make(chan acquireResult, 1)
+	go func() {
+		time.Sleep(start - f.now())
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		switch {
+		case timeout < 0:
+			cancel()
+		case timeout > 0:
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		l, err := tab.acquire(ctx, client, 10)
+		ch <- acquireResult{f.now(), l, err}
+	}()
+	return ch
+}
+
 // TestLeaseTimingSharedGrant: callers that ask for a lease while it is
 // being granted share the one grant; a caller whose context ends stops
 // waiting at that instant, and neither the grant nor the others' waits end
@@ -401,30 +429,8 @@ func TestLeaseTimingSharedGrant(t *testing.T) {
 		f.grantAfter = 3 * time.Second
 		tab := f.table()
 		client := &clientv3.Client{}
-		type result struct {
-			at  time.Duration
-			l   *lease
-			err error
-		}
-		// ask asks for the lease at start, giving up after timeout (never
-		// if 0; at once if negative).
-		ask := func(start, timeout time.Duration) <-chan result {
-			ch := make(chan result, 1)
-			go func() {
-				time.Sleep(start)
-				ctx, cancel := context.WithCancel(context.Background())
-				defer cancel()
-				switch {
-				case timeout < 0:
-					cancel()
-				case timeout > 0:
-					ctx, cancel = context.WithTimeout(ctx, timeout)
-					defer cancel()
-				}
-				l, err := tab.acquire(ctx, client, 10)
-				ch <- result{f.now(), l, err}
-			}()
-			return ch
+		ask := func(start, timeout time.Duration) <-chan acquireResult {
+			return askLease(f, tab, client, start, timeout)
 		}
 		short := ask(0, time.Second)   // gives up at 1s
 		long := ask(0, 5*time.Second)  // waits for the grant until 3s

@@ -282,20 +282,8 @@ func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *cl
 		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s: %w", cut, err)
 	}
 
-	nextDone := make(chan error, 1)
 	tl.say(waiter, "asks for the lock")
-	go func() {
-		nextDone <- microlock.WithLock(ctx, next, demoKey, func(ctx context.Context) error {
-			takenAt = time.Now()
-			m, _ := microlock.FromContext(ctx)
-			tl.enter(waiter, m.Token())
-			defer tl.leave(waiter, "done; releases the lock")
-			if !sleepCtx(ctx, demoWork) {
-				return context.Cause(ctx)
-			}
-			return nil
-		}, microlock.WithNodeID(waiter), microlock.WithTTL(demoTTL))
-	}()
+	nextDone := demoWorker(ctx, tl, next, waiter, &takenAt)
 
 	var cutAt time.Time
 	if sleepCtx(ctx, 700*time.Millisecond) {
@@ -314,6 +302,26 @@ func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *cl
 		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s: %w", waiter, nextErr)
 	}
 	return stoppedAt, takenAt, reportCutOff(tl, cut, waiter, cutAt, stoppedAt, takenAt)
+}
+
+// demoWorker takes the lock as who, on a goroutine of its own, notes in
+// *takenAt when it got it, and works demoWork while holding it. The channel
+// returns WithLock's error; *takenAt is set once it has.
+func demoWorker(ctx context.Context, tl *timeline, client *clientv3.Client, who string, takenAt *time.Time) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		done <- microlock.WithLock(ctx, client, demoKey, func(ctx context.Context) error {
+			*takenAt = time.Now()
+			m, _ := microlock.FromContext(ctx)
+			tl.enter(who, m.Token())
+			defer tl.leave(who, "done; releases the lock")
+			if !sleepCtx(ctx, demoWork) {
+				return context.Cause(ctx)
+			}
+			return nil
+		}, microlock.WithNodeID(who), microlock.WithTTL(demoTTL))
+	}()
+	return done
 }
 
 // dialThroughProxy starts a proxy to cfg's first endpoint and connects a
