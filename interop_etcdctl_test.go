@@ -305,23 +305,8 @@ func TestInteropEtcdctlContention(t *testing.T) {
 		})
 		eg.Go(func() error {
 			who := fmt.Sprintf("mutex-%d", i)
-			s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			m := concurrency.NewMutex(s, key)
-			for range rounds {
-				if err := m.Lock(ctx); err != nil {
-					return fmt.Errorf("%s: %w", who, err)
-				}
-				err := mark(who)
-				if uerr := m.Unlock(ctx); err == nil {
-					err = uerr
-				}
-				if err != nil {
-					return fmt.Errorf("%s: %w", who, err)
-				}
+			if err := etcdMutexRounds(ctx, c, key, rounds, func() error { return mark(who) }); err != nil {
+				return fmt.Errorf("%s: %w", who, err)
 			}
 			return nil
 		})
@@ -340,21 +325,52 @@ func TestInteropEtcdctlContention(t *testing.T) {
 	if err := eg.Wait(); err != nil {
 		t.Fatal(err)
 	}
+	checkMarks(t, marks, 2*3*rounds)
+	if keys := keysUnder(t, c, key); len(keys) != 0 {
+		t.Fatalf("keys left: %q", keys)
+	}
+}
+
+// etcdMutexRounds takes key with etcd's concurrency.Mutex, on a session of
+// its own, and runs work under it, rounds times.
+func etcdMutexRounds(ctx context.Context, c *clientv3.Client, key string, rounds int, work func() error) error {
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	m := concurrency.NewMutex(s, key)
+	for range rounds {
+		if err := m.Lock(ctx); err != nil {
+			return err
+		}
+		err := work()
+		if uerr := m.Unlock(ctx); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkMarks checks that the file marks holds n critical sections, each a
+// start mark followed by its own end mark.
+func checkMarks(t *testing.T, marks string, n int) {
+	t.Helper()
 	b, err := os.ReadFile(marks)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	if want := 2 * 3 * 2 * rounds; len(lines) != want {
-		t.Fatalf("%d marks, want %d:\n%s", len(lines), want, b)
+	if len(lines) != 2*n {
+		t.Fatalf("%d marks, want %d:\n%s", len(lines), 2*n, b)
 	}
 	for i := 0; i < len(lines); i += 2 {
 		who, ok := strings.CutPrefix(lines[i], "start ")
 		if !ok || lines[i+1] != "end "+who {
 			t.Fatalf("critical sections overlap at marks %d-%d:\n%s", i+1, i+2, b)
 		}
-	}
-	if keys := keysUnder(t, c, key); len(keys) != 0 {
-		t.Fatalf("keys left: %q", keys)
 	}
 }
