@@ -508,29 +508,11 @@ func TestKeyWatchStreamOnDeadMember(t *testing.T) {
 			}
 			// The stream must not be on the leader: pausing the leader
 			// would stall the deletion too.
-			var victim int
-			for attempt := 0; ; attempt++ {
-				mark := tap.mark()
-				if attempt > 0 {
-					tap.breakAll()
-				}
-				tap.waitFor(t, mark, "creating the hold's watch", isCreated)
-				victim = -1
-				for i, p := range proxies {
-					if p.Addr() == tap.lastPeer() {
-						victim = i
-					}
-				}
-				if victim < 0 {
-					t.Fatalf("the stream's peer %s is none of the proxies", tap.lastPeer())
-				}
-				if cl.Members[victim] != leader || tc.name != "pause" {
-					break
-				}
-				if attempt == 20 {
-					t.Fatal("the stream keeps landing on the leader")
-				}
+			var avoid *etcdtest.Member
+			if tc.name == "pause" {
+				avoid = leader
 			}
+			victim := streamMember(t, tap, proxies, cl, avoid)
 			// Deleting through the victim's peers must work while it is
 			// dead: it is not the leader, or is only cut off from us.
 			var others []string
@@ -551,5 +533,34 @@ func TestKeyWatchStreamOnDeadMember(t *testing.T) {
 			}
 			expectKeyLoss(t, m, start, 1500*time.Millisecond)
 		})
+	}
+}
+
+// streamMember waits for the hold's watch to be created and returns the
+// index of the member (and proxy) whose stream carries it; while that is
+// avoid, it breaks the streams for the watch to go elsewhere.
+func streamMember(t *testing.T, tap *watchTap, proxies []*etcdtest.Proxy, cl *etcdtest.Cluster, avoid *etcdtest.Member) int {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		mark := tap.mark()
+		if attempt > 0 {
+			tap.breakAll()
+		}
+		tap.waitFor(t, mark, "creating the hold's watch", isCreated)
+		victim := -1
+		for i, p := range proxies {
+			if p.Addr() == tap.lastPeer() {
+				victim = i
+			}
+		}
+		if victim < 0 {
+			t.Fatalf("the stream's peer %s is none of the proxies", tap.lastPeer())
+		}
+		if cl.Members[victim] != avoid {
+			return victim
+		}
+		if attempt == 20 {
+			t.Fatal("the stream keeps landing on the leader")
+		}
 	}
 }
