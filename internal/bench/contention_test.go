@@ -100,7 +100,11 @@ func contend(b *testing.B, ls []locker) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := handoffs(acqs[1:], c)
+	reportHandoffs(b, handoffs(acqs[1:], c), total)
+}
+
+// reportHandoffs reports the figures of total acquisitions.
+func reportHandoffs(b *testing.B, h handoffStats, total int) {
 	b.ReportMetric(float64(h.span.Nanoseconds())/float64(total-1), "ns/op")
 	b.ReportMetric(h.perSecond, "handoffs/s")
 	b.ReportMetric(msec(h.p50), "p50-ms")
