@@ -13,9 +13,9 @@ import (
 )
 
 // The lease's timing, in a testing/synctest bubble: time is virtual and
-// moves only when every goroutine of the test waits, so these tests sleep
-// through hours of lease life in microseconds, and every instant they check
-// is exact. Only the lease's own etcd calls (grant, renewals, revoke) are
+// moves only when every goroutine of the test waits, so these tests live
+// through twenty seconds of a lease's life in a millisecond, and every
+// instant they check is exact. Only the lease's own etcd calls (grant, renewals, revoke) are
 // faked, by fakeEtcd; the lease's code, its timers and its goroutines are
 // the real ones. The tests against real etcd check the same behaviour with
 // real time.
