@@ -1,6 +1,7 @@
 package microlock_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -39,21 +40,7 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	if n := authenticateCalls(t, member); n < 1 {
 		t.Fatalf("the server counted %v Authenticate calls after clients logged in: the metric is not the one read here", n)
 	}
-	// phase runs fn and logs the Authenticate calls it cost, as the server
-	// and the client counted them; if asserted, more than maxAuthenticates
-	// fail the test.
-	phase := func(name string, asserted bool, fn func()) {
-		t.Helper()
-		calls.snapshot()
-		before := authenticateCalls(t, member)
-		fn()
-		server := authenticateCalls(t, member) - before
-		client := calls.snapshot()["Authenticate"]
-		t.Logf("%s: %v Authenticate calls counted by the server, %d sent by the client", name, server, client)
-		if asserted && server > maxAuthenticates {
-			t.Errorf("%s cost the server %v Authenticate calls, want at most %d", name, server, maxAuthenticates)
-		}
-	}
+	phase := authPhases{t: t, member: member, calls: calls}.run
 
 	phase(fmt.Sprintf("%d lock cycles", cycles), true, func() {
 		for range cycles {
@@ -78,14 +65,7 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	})
 
 	phase(fmt.Sprintf("%d automatic renewals", autoRenewals), true, func() {
-		want := log.count(microlock.Renewed) + autoRenewals
-		deadline := time.Now().Add(30 * time.Second)
-		for log.count(microlock.Renewed) < want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d automatic renewals in 30 s, want %d", autoRenewals-(want-log.count(microlock.Renewed)), autoRenewals)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		awaitRenewals(t, log, autoRenewals)
 	})
 	if err := m.Err(); err != nil {
 		t.Fatalf("the hold was lost: %v", err)
@@ -101,34 +81,73 @@ func TestAuthRenewalsDoNotAuthenticate(t *testing.T) {
 	// The other client's lease opens its streams first, out of the count:
 	// a Lock, a Renew (its renewal stream) and an Unlock.
 	other := newMutex(t, a.as(t, "writer"), key, microlock.WithTTL(2*time.Second))
-	if err := other.Lock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Renew(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Unlock(ctx); err != nil {
-		t.Fatal(err)
+	for _, step := range []func(context.Context) error{other.Lock, other.Renew, other.Unlock} {
+		if err := step(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	phase(fmt.Sprintf("%d Locks that waited for a holder", waits), true, func() {
-		for range waits {
-			if err := other.Lock(ctx); err != nil {
-				t.Fatal(err)
-			}
-			got := make(chan error, 1)
-			go func() { got <- m.Lock(ctx) }()
-			time.Sleep(50 * time.Millisecond) // m waits
-			if err := other.Unlock(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-got; err != nil {
-				t.Fatal(err)
-			}
-			if err := m.Unlock(ctx); err != nil {
-				t.Fatal(err)
-			}
-		}
+		waitBehind(ctx, t, m, other, waits)
 	})
+}
+
+// authPhases counts the Authenticate calls of a test's phases.
+type authPhases struct {
+	t      *testing.T
+	member *etcdtest.Member
+	calls  *rpcCounter
+}
+
+// run runs fn and logs the Authenticate calls it cost, as the server and
+// the client counted them; if asserted, more than maxAuthenticates fail the
+// test.
+func (p authPhases) run(name string, asserted bool, fn func()) {
+	t := p.t
+	t.Helper()
+	p.calls.snapshot()
+	before := authenticateCalls(t, p.member)
+	fn()
+	server := authenticateCalls(t, p.member) - before
+	client := p.calls.snapshot()["Authenticate"]
+	t.Logf("%s: %v Authenticate calls counted by the server, %d sent by the client", name, server, client)
+	if asserted && server > maxAuthenticates {
+		t.Errorf("%s cost the server %v Authenticate calls, want at most %d", name, server, maxAuthenticates)
+	}
+}
+
+// awaitRenewals waits, for at most 30 s, until log has n more Renewed
+// events.
+func awaitRenewals(t *testing.T, log *eventLog, n int) {
+	want := log.count(microlock.Renewed) + n
+	deadline := time.Now().Add(30 * time.Second)
+	for log.count(microlock.Renewed) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d automatic renewals in 30 s, want %d", n-(want-log.count(microlock.Renewed)), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitBehind has m take the lock n times, each time waiting in the queue
+// behind other.
+func waitBehind(ctx context.Context, t *testing.T, m, other *microlock.Mutex, n int) {
+	for range n {
+		if err := other.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan error, 1)
+		go func() { got <- m.Lock(ctx) }()
+		time.Sleep(50 * time.Millisecond) // m waits
+		if err := other.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // authenticateCalls returns how many Authenticate calls member has handled,

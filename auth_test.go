@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -229,75 +230,97 @@ func TestAuthDeniedOutsidePrefix(t *testing.T) {
 	outside := "elsewhere/" + t.Name()
 	ctx := ctxTimeout(t, 30*time.Second)
 
-	t.Run("fresh client", func(t *testing.T) {
-		before := leaseIDs(t, root)
-		log := &eventLog{}
-		m := newMutex(t, w, outside, microlock.OnEvent(log.hook))
-		for name, try := range map[string]func() error{
-			"TryLock": func() error { return m.TryLock(ctx) },
-			"Lock":    func() error { return m.Lock(ctx) },
-			"WithLock": func() error {
-				return microlock.WithLock(ctx, w, outside, func(context.Context) error {
-					t.Error("fn ran without permission")
-					return nil
-				}, microlock.OnEvent(log.hook))
-			},
-		} {
-			start := time.Now()
-			err := try()
-			t.Logf("%s outside %s after %v: %v", name, authPrefix, time.Since(start).Round(time.Millisecond), err)
-			if !isPermissionDenied(err) {
-				t.Errorf("%s outside %s = %v, want a microlock: error matching rpctypes.ErrPermissionDenied", name, authPrefix, err)
-			}
-		}
-		if n := log.count(microlock.Retrying); n != 0 {
-			t.Errorf("a refused write was retried %d times", n)
-		}
-		if keys := allKeys(t, root); len(keys) != 0 {
-			t.Fatalf("keys left in etcd: %q", keys)
-		}
-		// Well within the 10 s that an unused lease is otherwise kept.
-		took := waitLeases(t, root, before, 3*time.Second)
-		n := calls.snapshot()
-		t.Logf("%d leases granted and %d revoked for the refused attempts; none left %v after the last one",
-			n["LeaseGrant"], n["LeaseRevoke"], took.Round(time.Millisecond))
-		if n["LeaseGrant"] == 0 {
-			t.Fatal("no lease was granted: the check above proves nothing")
-		}
-	})
+	x := deniedCase{root, w, calls, outside, ctx}
+	t.Run("fresh client", x.freshClient)
 
-	t.Run("client holding a lock", func(t *testing.T) {
-		before := leaseIDs(t, root)
-		held := newMutex(t, w, authPrefix+t.Name(), microlock.WithTTL(2*time.Second))
-		if err := held.TryLock(ctx); err != nil {
-			t.Fatal(err)
+	t.Run("client holding a lock", x.onHoldsLease)
+}
+
+// deniedCase is what the subtests of TestAuthDeniedOutsidePrefix share: a
+// root client to check with, the writer's client, its request counts, and a
+// key outside the writer's prefix.
+type deniedCase struct {
+	root    *clientv3.Client
+	w       *clientv3.Client
+	calls   *rpcCounter
+	outside string
+	ctx     context.Context
+}
+
+// freshClient: every way of locking outside the prefix is refused at
+// once, and the refused attempts leave no key and no lease.
+func (x deniedCase) freshClient(t *testing.T) {
+	root, w, calls, outside, ctx := x.root, x.w, x.calls, x.outside, x.ctx
+	before := leaseIDs(t, root)
+	log := &eventLog{}
+	m := newMutex(t, w, outside, microlock.OnEvent(log.hook))
+	for name, try := range map[string]func() error{
+		"TryLock": func() error { return m.TryLock(ctx) },
+		"Lock":    func() error { return m.Lock(ctx) },
+		"WithLock": func() error {
+			return microlock.WithLock(ctx, w, outside, func(context.Context) error {
+				t.Error("fn ran without permission")
+				return nil
+			}, microlock.OnEvent(log.hook))
+		},
+	} {
+		start := time.Now()
+		err := try()
+		t.Logf("%s outside %s after %v: %v", name, authPrefix, time.Since(start).Round(time.Millisecond), err)
+		if !isPermissionDenied(err) {
+			t.Errorf("%s outside %s = %v, want a microlock: error matching rpctypes.ErrPermissionDenied", name, authPrefix, err)
 		}
-		withHold := leaseIDs(t, root)
-		if len(withHold) != len(before)+1 {
-			t.Fatalf("leases while holding: %x, want one more than %x", withHold, before)
-		}
-		// Same client, same TTL: the refused attempt shares the hold's lease.
-		m := newMutex(t, w, outside, microlock.WithTTL(2*time.Second))
-		if err := m.TryLock(ctx); !isPermissionDenied(err) {
-			t.Fatalf("TryLock outside %s = %v, want permission denied", authPrefix, err)
-		}
-		// Past the TTL: the hold lives on, its lease renewed.
-		time.Sleep(3 * time.Second)
-		if err := held.Err(); err != nil {
-			t.Fatalf("the hold under %s was lost after a refused write on its lease: %v", authPrefix, err)
-		}
-		if got := leaseIDs(t, root); !slices.Equal(got, withHold) {
-			t.Fatalf("leases after the refused write: %x, want %x", got, withHold)
-		}
-		if err := held.Unlock(ctx); err != nil {
-			t.Fatal(err)
-		}
-		took := waitLeases(t, root, before, 3*time.Second)
-		t.Logf("the shared lease was revoked %v after the hold ended", took.Round(time.Millisecond))
-		if keys := allKeys(t, root); len(keys) != 0 {
-			t.Fatalf("keys left in etcd: %q", keys)
-		}
-	})
+	}
+	if n := log.count(microlock.Retrying); n != 0 {
+		t.Errorf("a refused write was retried %d times", n)
+	}
+	if keys := allKeys(t, root); len(keys) != 0 {
+		t.Fatalf("keys left in etcd: %q", keys)
+	}
+	// Well within the 10 s that an unused lease is otherwise kept.
+	took := waitLeases(t, root, before, 3*time.Second)
+	n := calls.snapshot()
+	t.Logf("%d leases granted and %d revoked for the refused attempts; none left %v after the last one",
+		n["LeaseGrant"], n["LeaseRevoke"], took.Round(time.Millisecond))
+	if n["LeaseGrant"] == 0 {
+		t.Fatal("no lease was granted: the check above proves nothing")
+	}
+}
+
+// onHoldsLease: a refused attempt on the lease of a live hold leaves the
+// hold alone, and the lease goes when the hold ends.
+func (x deniedCase) onHoldsLease(t *testing.T) {
+	root, w, outside, ctx := x.root, x.w, x.outside, x.ctx
+	before := leaseIDs(t, root)
+	held := newMutex(t, w, authPrefix+t.Name(), microlock.WithTTL(2*time.Second))
+	if err := held.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	withHold := leaseIDs(t, root)
+	if len(withHold) != len(before)+1 {
+		t.Fatalf("leases while holding: %x, want one more than %x", withHold, before)
+	}
+	// Same client, same TTL: the refused attempt shares the hold's lease.
+	m := newMutex(t, w, outside, microlock.WithTTL(2*time.Second))
+	if err := m.TryLock(ctx); !isPermissionDenied(err) {
+		t.Fatalf("TryLock outside %s = %v, want permission denied", authPrefix, err)
+	}
+	// Past the TTL: the hold lives on, its lease renewed.
+	time.Sleep(3 * time.Second)
+	if err := held.Err(); err != nil {
+		t.Fatalf("the hold under %s was lost after a refused write on its lease: %v", authPrefix, err)
+	}
+	if got := leaseIDs(t, root); !slices.Equal(got, withHold) {
+		t.Fatalf("leases after the refused write: %x, want %x", got, withHold)
+	}
+	if err := held.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := waitLeases(t, root, before, 3*time.Second)
+	t.Logf("the shared lease was revoked %v after the hold ended", took.Round(time.Millisecond))
+	if keys := allKeys(t, root); len(keys) != 0 {
+		t.Fatalf("keys left in etcd: %q", keys)
+	}
 }
 
 // TestAuthReadOnly: a user who may only read under locks/ can watch a lock
@@ -347,6 +370,26 @@ func TestAuthReadOnly(t *testing.T) {
 	}
 
 	// Nor can the reader release or end the hold with etcd's own calls.
+	kv := readerCannotEnd(ctx, t, r, key)
+	if err := holder.Err(); err != nil || holder.Token() != kv.CreateRevision {
+		t.Fatalf("the writer's hold after the reader's attempts: err %v, token %d; want held with token %d", err, holder.Token(), kv.CreateRevision)
+	}
+	took := waitLeases(t, root, leasesHeld, 3*time.Second)
+	n := calls.snapshot()
+	t.Logf("%d leases granted for the reader's attempts; none left %v later", n["LeaseGrant"], took.Round(time.Millisecond))
+	if n["LeaseGrant"] == 0 {
+		t.Fatal("no lease was granted to the reader: the lease check proves nothing")
+	}
+	if err := holder.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, events, microlock.Unlocked, "", 0)
+}
+
+// readerCannotEnd checks that the read-only client r can read the holder's
+// key under key but neither delete it nor revoke its lease, and returns it.
+func readerCannotEnd(ctx context.Context, t *testing.T, r *clientv3.Client, key string) *mvccpb.KeyValue {
+	t.Helper()
 	resp, err := r.Get(ctx, key+"/", clientv3.WithPrefix())
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("reader's Get of the queue = %v, %v; want the holder's key", resp, err)
@@ -370,17 +413,5 @@ func TestAuthReadOnly(t *testing.T) {
 		t.Errorf("reader's KeepAliveOnce of the holder's lease = %v, want success or permission denied", err)
 	}
 
-	if err := holder.Err(); err != nil || holder.Token() != kv.CreateRevision {
-		t.Fatalf("the writer's hold after the reader's attempts: err %v, token %d; want held with token %d", err, holder.Token(), kv.CreateRevision)
-	}
-	took := waitLeases(t, root, leasesHeld, 3*time.Second)
-	n := calls.snapshot()
-	t.Logf("%d leases granted for the reader's attempts; none left %v later", n["LeaseGrant"], took.Round(time.Millisecond))
-	if n["LeaseGrant"] == 0 {
-		t.Fatal("no lease was granted to the reader: the lease check proves nothing")
-	}
-	if err := holder.Unlock(ctx); err != nil {
-		t.Fatal(err)
-	}
-	expectEvent(t, events, microlock.Unlocked, "", 0)
+	return kv
 }

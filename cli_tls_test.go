@@ -61,24 +61,43 @@ type cliHolder struct {
 // with a microlock: message; and a foreign 1 MiB value under the lock's
 // prefix is reported cut short, not poured onto the terminal.
 func TestCLIOverTLS(t *testing.T) {
-	bin := buildCLI(t)
 	s := startTLS(t)
-	key := testKey(t)
-	conn := []string{"--endpoints", s.c.Endpoints()[0], "--cacert", s.ca.CAFile,
+	x := cliTLSCase{bin: buildCLI(t), s: s, key: testKey(t)}
+	x.conn = []string{"--endpoints", s.c.Endpoints()[0], "--cacert", s.ca.CAFile,
 		"--cert", s.client.CertFile, "--key", s.client.KeyFile, "--dial-timeout", "2s", "--command-timeout", "5s"}
-	holder := func(t *testing.T) cliHolder {
-		t.Helper()
-		out, errOut, code := runCLI(t, bin, append(append([]string{"holder", "--json"}, conn...), key)...)
-		var h cliHolder
-		if code != 0 || json.Unmarshal([]byte(out), &h) != nil {
-			t.Fatalf("holder --json: exit %d, stdout %.500q, stderr %.500q", code, out, errOut)
-		}
-		return h
-	}
-	if h := holder(t); h.Locked {
+	if h := x.holder(t); h.Locked {
 		t.Fatalf("holder of a free key: %+v", h)
 	}
+	x.runHolds(t)
+	t.Run("wrong CA", x.wrongCA)
+	t.Run("insecure-skip-tls-verify", x.insecureSkipTLSVerify)
+	t.Run("foreign huge value", x.foreignHugeValue)
+}
 
+// cliTLSCase is TestCLIOverTLS's command, etcd, key and connection flags.
+type cliTLSCase struct {
+	bin  string
+	s    *tlsSetup
+	key  string
+	conn []string
+}
+
+// holder runs holder --json on the key.
+func (x cliTLSCase) holder(t *testing.T) cliHolder {
+	t.Helper()
+	out, errOut, code := runCLI(t, x.bin, append(append([]string{"holder", "--json"}, x.conn...), x.key)...)
+	var h cliHolder
+	if code != 0 || json.Unmarshal([]byte(out), &h) != nil {
+		t.Fatalf("holder --json: exit %d, stdout %.500q, stderr %.500q", code, out, errOut)
+	}
+	return h
+}
+
+// runHolds: run holds the lock while its command runs, under the token it
+// gives the command, and releases it when the command exits; holder and
+// the library see the hold.
+func (x cliTLSCase) runHolds(t *testing.T) {
+	bin, s, key, conn, holder := x.bin, x.s, x.key, x.conn, x.holder
 	release := filepath.Join(t.TempDir(), "release")
 	run := exec.Command(bin, append(append(append([]string{"run", "--node-id", "cli-node"}, conn...), key),
 		"--", "sh", "-c", `echo "$MICROLOCK_TOKEN"; while [ ! -e "$1" ]; do sleep 0.02; done`, "sh", release)...)
@@ -129,56 +148,65 @@ func TestCLIOverTLS(t *testing.T) {
 	if h := holder(t); h.Locked {
 		t.Fatalf("holder after run exited: %+v", h)
 	}
+}
 
-	t.Run("wrong CA", func(t *testing.T) {
-		other := newPKI(t, "someone-else")
-		args := append([]string{}, conn...)
-		args[3] = other.CAFile // --cacert
-		args = append(args, "--command-timeout", "2s")
-		start := time.Now()
-		stdout, stderr, code := runCLI(t, bin, append(append([]string{"holder"}, args...), key)...)
-		t.Logf("holder with the wrong CA: exit %d after %v, stderr: %s", code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(stderr))
-		if code == 0 || !strings.HasPrefix(stderr, "microlock: ") || stdout != "" {
-			t.Fatalf("holder with the wrong CA: exit %d, stdout %q, stderr %q; want a failure with a microlock: message", code, stdout, stderr)
-		}
-	})
+// wrongCA: with a CA that did not sign the server's certificate, holder
+// fails with a microlock: message.
+func (x cliTLSCase) wrongCA(t *testing.T) {
+	bin, key, conn := x.bin, x.key, x.conn
+	other := newPKI(t, "someone-else")
+	args := append([]string{}, conn...)
+	args[3] = other.CAFile // --cacert
+	args = append(args, "--command-timeout", "2s")
+	start := time.Now()
+	stdout, stderr, code := runCLI(t, bin, append(append([]string{"holder"}, args...), key)...)
+	t.Logf("holder with the wrong CA: exit %d after %v, stderr: %s", code, time.Since(start).Round(time.Millisecond), strings.TrimSpace(stderr))
+	if code == 0 || !strings.HasPrefix(stderr, "microlock: ") || stdout != "" {
+		t.Fatalf("holder with the wrong CA: exit %d, stdout %q, stderr %q; want a failure with a microlock: message", code, stdout, stderr)
+	}
+}
 
-	t.Run("insecure-skip-tls-verify", func(t *testing.T) {
-		// No --cacert: the server's certificate is not checked, and the
-		// client certificate still gets the connection past etcd.
-		args := []string{"holder", "--json", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
-			"--cert", s.client.CertFile, "--key", s.client.KeyFile, "--command-timeout", "5s", key}
-		stdout, stderr, code := runCLI(t, bin, args...)
-		var h cliHolder
-		if code != 0 || json.Unmarshal([]byte(stdout), &h) != nil || h.Locked {
-			t.Fatalf("holder --insecure-skip-tls-verify: exit %d, stdout %q, stderr %q; want a free key", code, stdout, stderr)
-		}
-		// Without a client certificate etcd refuses the connection.
-		stdout, stderr, code = runCLI(t, bin, "holder", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
-			"--command-timeout", "2s", key)
-		if code == 0 || !strings.HasPrefix(stderr, "microlock: ") || stdout != "" {
-			t.Fatalf("holder without a client certificate: exit %d, stdout %q, stderr %q; want a failure", code, stdout, stderr)
-		}
-	})
+// insecureSkipTLSVerify: --insecure-skip-tls-verify connects without a CA,
+// and etcd still wants the client certificate.
+func (x cliTLSCase) insecureSkipTLSVerify(t *testing.T) {
+	bin, s, key := x.bin, x.s, x.key
+	// No --cacert: the server's certificate is not checked, and the
+	// client certificate still gets the connection past etcd.
+	args := []string{"holder", "--json", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
+		"--cert", s.client.CertFile, "--key", s.client.KeyFile, "--command-timeout", "5s", key}
+	stdout, stderr, code := runCLI(t, bin, args...)
+	var h cliHolder
+	if code != 0 || json.Unmarshal([]byte(stdout), &h) != nil || h.Locked {
+		t.Fatalf("holder --insecure-skip-tls-verify: exit %d, stdout %q, stderr %q; want a free key", code, stdout, stderr)
+	}
+	// Without a client certificate etcd refuses the connection.
+	stdout, stderr, code = runCLI(t, bin, "holder", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
+		"--command-timeout", "2s", key)
+	if code == 0 || !strings.HasPrefix(stderr, "microlock: ") || stdout != "" {
+		t.Fatalf("holder without a client certificate: exit %d, stdout %q, stderr %q; want a failure", code, stdout, stderr)
+	}
+}
 
-	t.Run("foreign huge value", func(t *testing.T) {
-		cli := s.c.Client(t)
-		ctx := ctxTimeout(t, 10*time.Second)
-		if _, err := cli.Put(ctx, key+"/foreign", strings.Repeat("\x1b[J\xff", 1<<18)); err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Delete(ctx, key+"/foreign")
-		h := holder(t)
-		// The shown part is cut at MaxNodeIDLen bytes; JSON then turns each
-		// invalid byte into a three-byte U+FFFD.
-		if !h.Locked || !h.HolderTruncated || h.HolderBytes != 1<<20 || len(h.Holder) > 3*microlock.MaxNodeIDLen {
-			t.Fatalf("holder --json of a 1 MiB foreign value: locked %v, truncated %v, %d bytes reported, %d shown",
-				h.Locked, h.HolderTruncated, h.HolderBytes, len(h.Holder))
-		}
-		stdout, stderr, code := runCLI(t, bin, append(append([]string{"holder"}, conn...), key)...)
-		if code != 0 || len(stdout) > 64<<10 || strings.Contains(stdout, "\x1b") {
-			t.Fatalf("holder of a 1 MiB foreign value: exit %d, %d bytes of output (raw escapes: %v), stderr %.300q",
-				code, len(stdout), strings.Contains(stdout, "\x1b"), stderr)
-		}
-	})
+// foreignHugeValue: a foreign 1 MiB value under the lock's prefix is
+// reported cut short, not poured onto the terminal.
+func (x cliTLSCase) foreignHugeValue(t *testing.T) {
+	bin, s, key, conn, holder := x.bin, x.s, x.key, x.conn, x.holder
+	cli := s.c.Client(t)
+	ctx := ctxTimeout(t, 10*time.Second)
+	if _, err := cli.Put(ctx, key+"/foreign", strings.Repeat("\x1b[J\xff", 1<<18)); err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Delete(ctx, key+"/foreign")
+	h := holder(t)
+	// The shown part is cut at MaxNodeIDLen bytes; JSON then turns each
+	// invalid byte into a three-byte U+FFFD.
+	if !h.Locked || !h.HolderTruncated || h.HolderBytes != 1<<20 || len(h.Holder) > 3*microlock.MaxNodeIDLen {
+		t.Fatalf("holder --json of a 1 MiB foreign value: locked %v, truncated %v, %d bytes reported, %d shown",
+			h.Locked, h.HolderTruncated, h.HolderBytes, len(h.Holder))
+	}
+	stdout, stderr, code := runCLI(t, bin, append(append([]string{"holder"}, conn...), key)...)
+	if code != 0 || len(stdout) > 64<<10 || strings.Contains(stdout, "\x1b") {
+		t.Fatalf("holder of a 1 MiB foreign value: exit %d, %d bytes of output (raw escapes: %v), stderr %.300q",
+			code, len(stdout), strings.Contains(stdout, "\x1b"), stderr)
+	}
 }

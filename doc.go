@@ -80,6 +80,13 @@
 // does not grant and revoke a lease per call. A lease's renewal goroutine
 // ends when it has been unused for a while or when its client is closed.
 //
+// The leases live in one table per process, the package's only state:
+// WithLock takes nothing but a client, so a lease has to outlive the calls
+// that use it. The table costs an entry and a renewal goroutine per client
+// and TTL in use, and an unused lease renewed for 10 s before it is revoked;
+// closing the client ends its leases at once, and Close on a Mutex revokes
+// its lease if no other lock uses it.
+//
 // # Metrics
 //
 // OnEvent hooks see every step of a lock with what metrics graph: the wait

@@ -17,7 +17,8 @@ var (
 	// renewed before the local deadline, the lease was revoked or expired on
 	// the server, or the lock's key was deleted.
 	ErrLockLost = errors.New("microlock: lock lost")
-	// ErrClosed means the Mutex was closed.
+	// ErrClosed means the Mutex was closed: Lock, TryLock, Unlock and Renew
+	// return it after Close, and a Lock that Close interrupted wraps it.
 	ErrClosed = errors.New("microlock: mutex closed")
 )
 
@@ -36,6 +37,8 @@ type AlreadyLockedError struct {
 	note string // says when the holder is the caller itself, or may be
 }
 
+// Error names the key, its holder's node ID and token, and notes when the
+// holder is, or may be, the caller's own Mutex.
 func (e *AlreadyLockedError) Error() string {
 	s := fmt.Sprintf("microlock: %s is locked by %s (token %d)", quoteKey(e.Key), quoteKey(e.Holder), e.Token)
 	if e.note != "" {

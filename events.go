@@ -62,6 +62,9 @@ var eventTypeNames = [...]string{
 	GaveUp:   "gave_up",
 }
 
+// String returns the event type's name in lower case: "locked",
+// "unlocked", "acquired", "released", "renewed", "lost" or "retrying";
+// "EventType(n)" for any other value.
 func (t EventType) String() string {
 	if t > 0 && int(t) < len(eventTypeNames) {
 		return eventTypeNames[t]

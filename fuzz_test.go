@@ -71,75 +71,97 @@ func FuzzLock(f *testing.F) {
 	c := client(f)
 	f.Fuzz(func(t *testing.T, key string, pad uint32, nodeID string, ttl int64, flags uint8) {
 		key = fuzzPrefix + key + strings.Repeat("k", int(pad%maxPad))
-		var opts []microlock.Option
-		if flags&fuzzNodeID != 0 {
-			opts = append(opts, microlock.WithNodeID(nodeID))
-		}
-		if flags&fuzzTTL != 0 {
-			opts = append(opts, microlock.WithTTL(time.Duration(ttl)))
-		}
-		if flags&fuzzNoWait != 0 {
-			opts = append(opts, microlock.NoWait())
-		}
-		if flags&fuzzNilOption != 0 {
-			opts = append(opts, nil)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		defer noStrayKeys(t, c)
-
-		switch flags >> fuzzOpShift & 3 {
+		opts := fuzzOptions(flags, nodeID, ttl)
+		switch op := flags >> fuzzOpShift & 3; op {
 		case fuzzTryLock, fuzzLock:
-			m, err := microlock.New(c, key, opts...)
-			if err != nil {
-				isMicrolockError(t, "New", err)
-				return
-			}
-			defer m.Close()
-			if flags>>fuzzOpShift&3 == fuzzLock {
-				err = m.Lock(ctx)
-			} else {
-				err = m.TryLock(ctx)
-			}
-			if err != nil {
-				isMicrolockError(t, "lock", err)
-				return
-			}
-			checkHeld(t, ctx, c, m)
-			t.Logf("held a %d-byte key, token %d", len(key), m.Token())
-			if err := m.Unlock(ctx); err != nil {
-				t.Fatalf("Unlock: %v", err)
-			}
+			fuzzMutex(ctx, t, c, key, op == fuzzLock, opts)
 		case fuzzWithLock:
-			var held *microlock.Mutex
-			err := microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
-				held, _ = microlock.FromContext(ctx)
-				checkHeld(t, ctx, c, held)
-				t.Logf("WithLock held a %d-byte key, token %d", len(key), held.Token())
-				return nil
-			}, opts...)
-			if err != nil {
-				isMicrolockError(t, "WithLock", err)
-				if held != nil {
-					t.Fatalf("WithLock ran fn, then failed: %v", err)
-				}
-			}
+			fuzzWithLockOp(ctx, t, c, key, opts)
 		case fuzzWatch:
-			wctx, wcancel := context.WithCancel(ctx)
-			defer wcancel()
-			events, err := microlock.Watch(wctx, c, key)
-			if err != nil {
-				isMicrolockError(t, "Watch", err)
-				return
-			}
-			if ev := <-events; ev.Type != microlock.Unlocked || ev.Key != key {
-				t.Fatalf("first Watch event %+v, want Unlocked for the key", ev)
-			}
-			wcancel()
-			for range events {
-			}
+			fuzzWatchOp(ctx, t, c, key)
 		}
 	})
+}
+
+// fuzzOptions returns the options that flags select.
+func fuzzOptions(flags uint8, nodeID string, ttl int64) []microlock.Option {
+	var opts []microlock.Option
+	if flags&fuzzNodeID != 0 {
+		opts = append(opts, microlock.WithNodeID(nodeID))
+	}
+	if flags&fuzzTTL != 0 {
+		opts = append(opts, microlock.WithTTL(time.Duration(ttl)))
+	}
+	if flags&fuzzNoWait != 0 {
+		opts = append(opts, microlock.NoWait())
+	}
+	if flags&fuzzNilOption != 0 {
+		opts = append(opts, nil)
+	}
+	return opts
+}
+
+// fuzzMutex takes key with a Mutex, by Lock or TryLock, checks the hold
+// and releases it, or checks the error.
+func fuzzMutex(ctx context.Context, t *testing.T, c *clientv3.Client, key string, lock bool, opts []microlock.Option) {
+	m, err := microlock.New(c, key, opts...)
+	if err != nil {
+		isMicrolockError(t, "New", err)
+		return
+	}
+	defer m.Close()
+	if lock {
+		err = m.Lock(ctx)
+	} else {
+		err = m.TryLock(ctx)
+	}
+	if err != nil {
+		isMicrolockError(t, "lock", err)
+		return
+	}
+	checkHeld(t, ctx, c, m)
+	t.Logf("held a %d-byte key, token %d", len(key), m.Token())
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatalf("Unlock: %v", err)
+	}
+}
+
+// fuzzWithLockOp takes key with WithLock and checks the hold in fn, or
+// checks the error, which must come before fn runs.
+func fuzzWithLockOp(ctx context.Context, t *testing.T, c *clientv3.Client, key string, opts []microlock.Option) {
+	var held *microlock.Mutex
+	err := microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
+		held, _ = microlock.FromContext(ctx)
+		checkHeld(t, ctx, c, held)
+		t.Logf("WithLock held a %d-byte key, token %d", len(key), held.Token())
+		return nil
+	}, opts...)
+	if err != nil {
+		isMicrolockError(t, "WithLock", err)
+		if held != nil {
+			t.Fatalf("WithLock ran fn, then failed: %v", err)
+		}
+	}
+}
+
+// fuzzWatchOp watches key, which is free: the first event says so.
+func fuzzWatchOp(ctx context.Context, t *testing.T, c *clientv3.Client, key string) {
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	events, err := microlock.Watch(wctx, c, key)
+	if err != nil {
+		isMicrolockError(t, "Watch", err)
+		return
+	}
+	if ev := <-events; ev.Type != microlock.Unlocked || ev.Key != key {
+		t.Fatalf("first Watch event %+v, want Unlocked for the key", ev)
+	}
+	wcancel()
+	for range events {
+	}
 }
 
 // checkHeld checks a hold of m from another Mutex's point of view: the lock

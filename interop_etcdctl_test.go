@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
@@ -291,73 +292,85 @@ func TestInteropEtcdctlContention(t *testing.T) {
 		return err
 	}
 	const rounds = 3
-	var wg sync.WaitGroup
+	var eg errgroup.Group
 	for i := range 2 {
-		wg.Add(3)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			who := fmt.Sprintf("microlock-%d", i)
 			for range rounds {
 				if err := microlock.WithLock(ctx, c, key, func(context.Context) error { return mark(who) }); err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
+					return fmt.Errorf("%s: %w", who, err)
 				}
 			}
-		}()
-		go func() {
-			defer wg.Done()
+			return nil
+		})
+		eg.Go(func() error {
 			who := fmt.Sprintf("mutex-%d", i)
-			s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
-			if err != nil {
-				t.Error(err)
-				return
+			if err := etcdMutexRounds(ctx, c, key, rounds, func() error { return mark(who) }); err != nil {
+				return fmt.Errorf("%s: %w", who, err)
 			}
-			defer s.Close()
-			m := concurrency.NewMutex(s, key)
-			for range rounds {
-				if err := m.Lock(ctx); err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
-				}
-				err := mark(who)
-				if uerr := m.Unlock(ctx); err == nil {
-					err = uerr
-				}
-				if err != nil {
-					t.Errorf("%s: %v", who, err)
-					return
-				}
-			}
-		}()
-		go func() {
-			defer wg.Done()
+			return nil
+		})
+		eg.Go(func() error {
 			who := fmt.Sprintf("etcdctl-%d", i)
 			for range rounds {
 				cmd := exec.CommandContext(ctx, bin, "--endpoints", strings.Join(shared.Endpoints(), ","),
 					"lock", key, "--", "sh", "-c", `echo "start $2" >> "$1"; sleep 0.02; echo "end $2" >> "$1"`, "sh", marks, who)
 				if out, err := cmd.CombinedOutput(); err != nil {
-					t.Errorf("%s: %v: %s", who, err, out)
-					return
+					return fmt.Errorf("%s: %w: %s", who, err, out)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	checkMarks(t, marks, 2*3*rounds)
+	if keys := keysUnder(t, c, key); len(keys) != 0 {
+		t.Fatalf("keys left: %q", keys)
+	}
+}
+
+// etcdMutexRounds takes key with etcd's concurrency.Mutex, on a session of
+// its own, and runs work under it, rounds times.
+func etcdMutexRounds(ctx context.Context, c *clientv3.Client, key string, rounds int, work func() error) error {
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(5))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	m := concurrency.NewMutex(s, key)
+	for range rounds {
+		if err := m.Lock(ctx); err != nil {
+			return err
+		}
+		err := work()
+		if uerr := m.Unlock(ctx); err == nil {
+			err = uerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkMarks checks that the file marks holds n critical sections, each a
+// start mark followed by its own end mark.
+func checkMarks(t *testing.T, marks string, n int) {
+	t.Helper()
 	b, err := os.ReadFile(marks)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	if want := 2 * 3 * 2 * rounds; len(lines) != want {
-		t.Fatalf("%d marks, want %d:\n%s", len(lines), want, b)
+	if len(lines) != 2*n {
+		t.Fatalf("%d marks, want %d:\n%s", len(lines), 2*n, b)
 	}
 	for i := 0; i < len(lines); i += 2 {
 		who, ok := strings.CutPrefix(lines[i], "start ")
 		if !ok || lines[i+1] != "end "+who {
 			t.Fatalf("critical sections overlap at marks %d-%d:\n%s", i+1, i+2, b)
 		}
-	}
-	if keys := keysUnder(t, c, key); len(keys) != 0 {
-		t.Fatalf("keys left: %q", keys)
 	}
 }

@@ -27,53 +27,20 @@ func (w *keyWatch) dispatch(s *stream, resp *pb.WatchResponse) bool {
 	s.heard, s.waiting = time.Now(), time.Time{}
 	switch {
 	case resp.Created:
-		if len(s.creates) == 0 {
+		var ok bool
+		if check, ok = w.createdLocked(s, resp); !ok {
 			w.mu.Unlock()
 			return false
 		}
-		pc := s.creates[0]
-		s.creates = s.creates[1:]
-		if resp.WatchId != clientv3.InvalidWatchID && resp.WatchId != pc.id {
-			w.mu.Unlock()
-			return false
+		if check != nil {
+			refused = s
 		}
-		s.sniffing = false
-		e := pc.e
-		if e == nil || s.byID[pc.id] != e {
-			break // a probe, or a watch removed since
-		}
-		if !resp.Canceled {
-			e.acked, e.refusals = true, 0
-			break
-		}
-		// Refused: etcd keeps no watch under that ID.
-		delete(s.byID, pc.id)
-		e.id = 0
-		check, refused = e, s
 	case resp.WatchId == clientv3.InvalidWatchID:
 		if isProgressNotify(resp) {
 			w.progressLocked(s, resp.Header.Revision)
 		}
 	default:
-		e := s.byID[resp.WatchId]
-		if e == nil {
-			break // a probe, or a watch cancelled since
-		}
-		for _, ev := range resp.Events {
-			if ev.Type == mvccpb.DELETE {
-				lost = e.h
-			}
-		}
-		if lost == nil && resp.Canceled {
-			// Dropped by etcd (compacted). Cancel it too: etcd keeps its ID
-			// taken, and no progress request of the stream is answered
-			// while it lingers.
-			delete(s.byID, resp.WatchId)
-			e.id = 0
-			s.queue = append(s.queue, streamOp{cancel: resp.WatchId})
-			w.kickLocked()
-			check = e
-		}
+		lost, check = w.eventsLocked(s, resp)
 	}
 	if check != nil {
 		check.checking = true
@@ -88,6 +55,59 @@ func (w *keyWatch) dispatch(s *stream, resp *pb.WatchResponse) bool {
 		lost.lostKey()
 	}
 	return true
+}
+
+// createdLocked handles the answer to the oldest create request of s. It
+// returns the watch that etcd refused, to be checked, if any; ok is false
+// if there was no such request, or the answer names another watch. w.mu is
+// held.
+func (w *keyWatch) createdLocked(s *stream, resp *pb.WatchResponse) (refused *watchEntry, ok bool) {
+	if len(s.creates) == 0 {
+		return nil, false
+	}
+	pc := s.creates[0]
+	s.creates = s.creates[1:]
+	if resp.WatchId != clientv3.InvalidWatchID && resp.WatchId != pc.id {
+		return nil, false
+	}
+	s.sniffing = false
+	e := pc.e
+	if e == nil || s.byID[pc.id] != e {
+		return nil, true // a probe, or a watch removed since
+	}
+	if !resp.Canceled {
+		e.acked, e.refusals = true, 0
+		return nil, true
+	}
+	// Refused: etcd keeps no watch under that ID.
+	delete(s.byID, pc.id)
+	e.id = 0
+	return e, true
+}
+
+// eventsLocked handles events or a cancel for one watch of s. It returns
+// the hold whose key was deleted, or the watch that etcd dropped, to be
+// checked. w.mu is held.
+func (w *keyWatch) eventsLocked(s *stream, resp *pb.WatchResponse) (lost *hold, dropped *watchEntry) {
+	e := s.byID[resp.WatchId]
+	if e == nil {
+		return nil, nil // a probe, or a watch cancelled since
+	}
+	for _, ev := range resp.Events {
+		if ev.Type == mvccpb.DELETE {
+			lost = e.h
+		}
+	}
+	if lost != nil || !resp.Canceled {
+		return lost, nil
+	}
+	// Dropped by etcd (compacted). Cancel it too: etcd keeps its ID taken,
+	// and no progress request of the stream is answered while it lingers.
+	delete(s.byID, resp.WatchId)
+	e.id = 0
+	s.queue = append(s.queue, streamOp{cancel: resp.WatchId})
+	w.kickLocked()
+	return nil, e
 }
 
 // progressLocked moves on the watches that a progress notification at rev

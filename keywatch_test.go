@@ -290,15 +290,7 @@ func startJWTAuth(t *testing.T) *etcdtest.Cluster {
 // gets its watch on the older one's stream, whose token dates from before
 // the change. The refusal must be repaired, or end the hold: never ignored.
 func TestKeyWatchRefusedCreate(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		// change alters the auth store after the second hold was taken
-		// and before its watch is created.
-		change func(ctx context.Context, root *clientv3.Client) error
-		// lost: the change ends the hold by itself (it can no longer be
-		// watched); otherwise the watch is repaired and sees the deletion.
-		lost bool
-	}{
+	for _, tc := range []refusedCreate{
 		{
 			// Any change makes the tokens issued before it stale: etcd
 			// answers "auth revision is old" on the older stream.
@@ -317,59 +309,75 @@ func TestKeyWatchRefusedCreate(t *testing.T) {
 			lost: true,
 		},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cl := startJWTAuth(t)
-			root, err := clientv3.New(clientv3.Config{Endpoints: cl.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: "root", Password: "root-pw"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = root.Close() })
-			tap := &watchTap{}
-			writer := tap.client(t, clientv3.Config{Username: "writer", Password: "writer-pw"}, cl.Endpoints()...)
-			ctx := ctxTimeout(t, 30*time.Second)
-			key1, key2 := authPrefix+t.Name()+"/1", authPrefix+t.Name()+"/2"
+		t.Run(tc.name, tc.run)
+	}
+}
 
-			first := newMutex(t, writer, key1)
-			if err := first.TryLock(ctx); err != nil {
-				t.Fatal(err)
-			}
-			tap.waitFor(t, 0, "creating the first hold's watch", isCreated)
+// refusedCreate is a case of TestKeyWatchRefusedCreate.
+type refusedCreate struct {
+	name string
+	// change alters the auth store after the second hold was taken
+	// and before its watch is created.
+	change func(ctx context.Context, root *clientv3.Client) error
+	// lost: the change ends the hold by itself (it can no longer be
+	// watched); otherwise the watch is repaired and sees the deletion.
+	lost bool
+}
 
-			mark := tap.mark()
-			second := newMutex(t, writer, key2) // same client and TTL: same lease, same stream
-			if err := second.TryLock(ctx); err != nil {
-				t.Fatal(err)
-			}
-			kv := readHolder(t, root, key2)
-			if err := tc.change(ctx, root); err != nil { // within holdWatchDelay
-				t.Fatal(err)
-			}
-			r := tap.waitFor(t, mark, "refusing the second hold's watch", func(r *pb.WatchResponse) bool { return r.Created && r.Canceled })
-			t.Logf("etcd refused the watch: %q", tap.resp(r).CancelReason)
+// run takes two holds on one lease, applies the change before the second
+// hold's watch is created, and checks that the refusal is repaired or ends
+// the hold.
+func (tc refusedCreate) run(t *testing.T) {
+	cl := startJWTAuth(t)
+	root, err := clientv3.New(clientv3.Config{Endpoints: cl.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(), Username: "root", Password: "root-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = root.Close() })
+	tap := &watchTap{}
+	writer := tap.client(t, clientv3.Config{Username: "writer", Password: "writer-pw"}, cl.Endpoints()...)
+	ctx := ctxTimeout(t, 30*time.Second)
+	key1, key2 := authPrefix+t.Name()+"/1", authPrefix+t.Name()+"/2"
 
-			if tc.lost {
-				start := time.Now()
-				select {
-				case <-second.Done():
-				case <-time.After(time.Second):
-					t.Fatal("a hold whose key can no longer be watched is still held")
-				}
-				err := second.Err()
-				if !errors.Is(err, microlock.ErrLockLost) || !errors.Is(err, rpctypes.ErrPermissionDenied) {
-					t.Fatalf("Err = %v, want ErrLockLost and permission denied", err)
-				}
-				t.Logf("hold ended after %v: %v", time.Since(start).Round(time.Millisecond), err)
-				return
-			}
-			start := time.Now()
-			if err := deleteKey(ctx, root, kv); err != nil {
-				t.Fatal(err)
-			}
-			expectKeyLoss(t, second, start, time.Second)
-			if err := first.Err(); err != nil || first.Token() == 0 {
-				t.Fatalf("the first hold: err %v, token %d; want held", err, first.Token())
-			}
-		})
+	first := newMutex(t, writer, key1)
+	if err := first.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tap.waitFor(t, 0, "creating the first hold's watch", isCreated)
+
+	mark := tap.mark()
+	second := newMutex(t, writer, key2) // same client and TTL: same lease, same stream
+	if err := second.TryLock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kv := readHolder(t, root, key2)
+	if err := tc.change(ctx, root); err != nil { // within holdWatchDelay
+		t.Fatal(err)
+	}
+	r := tap.waitFor(t, mark, "refusing the second hold's watch", func(r *pb.WatchResponse) bool { return r.Created && r.Canceled })
+	t.Logf("etcd refused the watch: %q", tap.resp(r).CancelReason)
+
+	if tc.lost {
+		start := time.Now()
+		select {
+		case <-second.Done():
+		case <-time.After(time.Second):
+			t.Fatal("a hold whose key can no longer be watched is still held")
+		}
+		err := second.Err()
+		if !errors.Is(err, microlock.ErrLockLost) || !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Fatalf("Err = %v, want ErrLockLost and permission denied", err)
+		}
+		t.Logf("hold ended after %v: %v", time.Since(start).Round(time.Millisecond), err)
+		return
+	}
+	start := time.Now()
+	if err := deleteKey(ctx, root, kv); err != nil {
+		t.Fatal(err)
+	}
+	expectKeyLoss(t, second, start, time.Second)
+	if err := first.Err(); err != nil || first.Token() == 0 {
+		t.Fatalf("the first hold: err %v, token %d; want held", err, first.Token())
 	}
 }
 
@@ -500,29 +508,11 @@ func TestKeyWatchStreamOnDeadMember(t *testing.T) {
 			}
 			// The stream must not be on the leader: pausing the leader
 			// would stall the deletion too.
-			var victim int
-			for attempt := 0; ; attempt++ {
-				mark := tap.mark()
-				if attempt > 0 {
-					tap.breakAll()
-				}
-				tap.waitFor(t, mark, "creating the hold's watch", isCreated)
-				victim = -1
-				for i, p := range proxies {
-					if p.Addr() == tap.lastPeer() {
-						victim = i
-					}
-				}
-				if victim < 0 {
-					t.Fatalf("the stream's peer %s is none of the proxies", tap.lastPeer())
-				}
-				if cl.Members[victim] != leader || tc.name != "pause" {
-					break
-				}
-				if attempt == 20 {
-					t.Fatal("the stream keeps landing on the leader")
-				}
+			var avoid *etcdtest.Member
+			if tc.name == "pause" {
+				avoid = leader
 			}
+			victim := streamMember(t, tap, proxies, cl, avoid)
 			// Deleting through the victim's peers must work while it is
 			// dead: it is not the leader, or is only cut off from us.
 			var others []string
@@ -543,5 +533,34 @@ func TestKeyWatchStreamOnDeadMember(t *testing.T) {
 			}
 			expectKeyLoss(t, m, start, 1500*time.Millisecond)
 		})
+	}
+}
+
+// streamMember waits for the hold's watch to be created and returns the
+// index of the member (and proxy) whose stream carries it; while that is
+// avoid, it breaks the streams for the watch to go elsewhere.
+func streamMember(t *testing.T, tap *watchTap, proxies []*etcdtest.Proxy, cl *etcdtest.Cluster, avoid *etcdtest.Member) int {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		mark := tap.mark()
+		if attempt > 0 {
+			tap.breakAll()
+		}
+		tap.waitFor(t, mark, "creating the hold's watch", isCreated)
+		victim := -1
+		for i, p := range proxies {
+			if p.Addr() == tap.lastPeer() {
+				victim = i
+			}
+		}
+		if victim < 0 {
+			t.Fatalf("the stream's peer %s is none of the proxies", tap.lastPeer())
+		}
+		if cl.Members[victim] != avoid {
+			return victim
+		}
+		if attempt == 20 {
+			t.Fatal("the stream keeps landing on the leader")
+		}
 	}
 }

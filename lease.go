@@ -26,7 +26,8 @@ const (
 type lease struct {
 	sent   time.Time // when the grant was sent: renewals count from it
 	key    leaseKey
-	client *clientv3.Client
+	client *clientv3.Client // for the holds' keys and their watches
+	etcd   leaseEtcd        // for the lease itself: the client, but in the timing tests
 	id     clientv3.LeaseID
 	ttl    time.Duration // granted by etcd
 
@@ -59,7 +60,7 @@ type lease struct {
 
 	// renewer carries the renewals, on one stream; anchor keeps the
 	// client's watch stream open between waits in a queue.
-	renewer *renewStream
+	renewer leaseRenewer
 	anchor  waitAnchor
 	// waitGen numbers the gRPC watch stream that waits on this lease share
 	// (see waitDelete); it moves on when a watch's creation times out, so
@@ -67,15 +68,15 @@ type lease struct {
 	waitGen atomic.Uint64
 }
 
-// grant asks etcd for a new lease. The local deadline counts from the
-// instant before the request was sent. One attempt lasts at most
+// grant asks etcd, through e, for a new lease. The local deadline counts
+// from the instant before the request was sent. One attempt lasts at most
 // grantTimeout: an unreachable or leaderless cluster gives a timely error to
 // retry rather than a call that hangs.
-func grant(ctx context.Context, k leaseKey) (*lease, error) {
+func grant(ctx context.Context, k leaseKey, e leaseEtcd) (*lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, grantTimeout(k.ttl))
 	defer cancel()
 	t0 := time.Now()
-	resp, err := k.client.Grant(ctx, k.ttl)
+	resp, err := e.Grant(ctx, k.ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -84,6 +85,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		sent:     t0,
 		key:      k,
 		client:   k.client,
+		etcd:     e,
 		id:       resp.ID,
 		ttl:      ttl,
 		deadline: lossDeadline(t0, ttl),
@@ -92,7 +94,7 @@ func grant(ctx context.Context, k leaseKey) (*lease, error) {
 		suspects: make(map[*hold]struct{}),
 		slots:    make(map[slot]struct{}),
 		watch:    newKeyWatch(k.client),
-		renewer:  newRenewStream(k.client),
+		renewer:  e.renewer(),
 		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}, nil

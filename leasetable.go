@@ -28,6 +28,9 @@ type leaseTable struct {
 	// asks meanwhile, apart from any one caller's context: a caller whose
 	// context ends stops waiting, and the others keep waiting for the grant.
 	grants singleflight.Group
+	// etcd is the etcd of a client's leases; nil means the client itself
+	// (clientEtcd). The timing tests set it to a fake.
+	etcd func(*clientv3.Client) leaseEtcd
 }
 
 var leases = leaseTable{leases: make(map[leaseKey]*lease)}
@@ -68,7 +71,11 @@ func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl i
 // runs with a context of its own, bounded by grantTimeout, on the goroutine
 // of the singleflight group.
 func (t *leaseTable) grant(k leaseKey) error {
-	l, err := grant(context.Background(), k)
+	var e leaseEtcd = clientEtcd{k.client}
+	if t.etcd != nil {
+		e = t.etcd(k.client)
+	}
+	l, err := grant(context.Background(), k, e)
 	if err != nil {
 		return err
 	}

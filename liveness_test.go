@@ -398,87 +398,111 @@ func TestLivenessReleasePausedMember(t *testing.T) {
 	}
 	hooks := probeHooks{pauseAt: isRelease}
 
-	t.Run("Unlock", func(t *testing.T) {
-		defer r.resume()
-		p := r.probe(t, hooks)
-		key := testKey(t)
-		log := &eventLog{}
-		m := newMutex(t, p.Client, key, opts(microlock.OnEvent(log.hook))...)
-		if err := m.Lock(ctxTimeout(t, 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		p.arm()
-		ctx := ctxTimeout(t, stallCtx)
-		errc := timed(func() error { return m.Unlock(ctx) })
-		took, err := within(t, errc, p.widen(t, errc))
-		check(t, key, "Unlock", err, took)
-		if m.Err() != nil || log.count(microlock.Released) != 1 || log.count(microlock.Lost) != 0 {
-			t.Fatalf("after Unlock: Err() = %v, %d Released and %d Lost events, want nil, 1 and 0",
-				m.Err(), log.count(microlock.Released), log.count(microlock.Lost))
-		}
-		select {
-		case <-m.Done():
-		default:
-			t.Fatal("Done() is not closed after Unlock")
-		}
-		retries := log.of(microlock.Retrying)
-		if len(retries) == 0 || !strings.Contains(retries[0].Err.Error(), "microlock: releasing") ||
-			!errors.Is(retries[0].Err, context.DeadlineExceeded) {
-			t.Fatalf("Retrying events %v, want one for the release's timed-out attempt", retries)
-		}
-	})
+	x := releasePausedCase{r, hooks, check}
+	t.Run("Unlock", x.unlock)
 
-	t.Run("WithLock", func(t *testing.T) {
-		defer r.resume()
-		p := r.probe(t, hooks)
-		key := testKey(t)
-		var returned time.Time
-		errc := timed(func() error {
-			return microlock.WithLock(ctxTimeout(t, stallCtx+5*time.Second), p.Client, key, func(context.Context) error {
-				p.arm()
-				returned = time.Now()
-				return nil
-			}, opts()...)
-		})
-		p.widen(t, errc)
-		_, err := within(t, errc, time.Time{})
-		check(t, key, "WithLock's release", err, time.Since(returned))
-	})
+	t.Run("WithLock", x.withLock)
 
-	t.Run("Close", func(t *testing.T) {
-		defer r.resume()
-		p := r.probe(t, hooks)
-		key := testKey(t)
-		released := make(chan microlock.Event, 1)
-		m, err := microlock.New(p.Client, key, opts(microlock.OnEvent(func(ev microlock.Event) {
-			if ev.Type == microlock.Released {
-				released <- ev
-			}
-		}))...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := m.Lock(ctxTimeout(t, 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-		p.arm()
-		errc := timed(m.Close)
-		at := p.widen(t, errc)
-		var ev microlock.Event
-		select {
-		case ev = <-released:
-		case <-time.After(stallCtx):
-			t.Fatal("no Released event")
-		}
-		check(t, key, "Close's release", ev.Err, time.Since(at))
-		// Close then revokes the lease, in one request of up to 2 s
-		// (revokeTimeout) that may go to the paused member.
-		took, err := within(t, errc, at)
-		t.Logf("Close returned %v, %v after the pause", err, took.Round(time.Millisecond))
-		if err != nil || took > bound+2*time.Second {
-			t.Fatalf("Close = %v after %v, want nil within %v", err, took.Round(time.Millisecond), bound+2*time.Second)
-		}
+	t.Run("Close", x.close)
+}
+
+// releasePausedCase is what the subtests of TestLivenessReleasePausedMember
+// share: the rig, the hooks that pause the member a release goes to, and
+// the check of a release's outcome.
+type releasePausedCase struct {
+	r     *rig
+	hooks probeHooks
+	check func(*testing.T, string, string, error, time.Duration)
+}
+
+// unlock: Unlock's release costs a retry, reported as a Retrying event,
+// and ends the hold as released.
+func (x releasePausedCase) unlock(t *testing.T) {
+	r, hooks, check := x.r, x.hooks, x.check
+	defer r.resume()
+	p := r.probe(t, hooks)
+	key := testKey(t)
+	log := &eventLog{}
+	m := newMutex(t, p.Client, key, opts(microlock.OnEvent(log.hook))...)
+	if err := m.Lock(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	p.arm()
+	ctx := ctxTimeout(t, stallCtx)
+	errc := timed(func() error { return m.Unlock(ctx) })
+	took, err := within(t, errc, p.widen(t, errc))
+	check(t, key, "Unlock", err, took)
+	if m.Err() != nil || log.count(microlock.Released) != 1 || log.count(microlock.Lost) != 0 {
+		t.Fatalf("after Unlock: Err() = %v, %d Released and %d Lost events, want nil, 1 and 0",
+			m.Err(), log.count(microlock.Released), log.count(microlock.Lost))
+	}
+	select {
+	case <-m.Done():
+	default:
+		t.Fatal("Done() is not closed after Unlock")
+	}
+	retries := log.of(microlock.Retrying)
+	if len(retries) == 0 || !strings.Contains(retries[0].Err.Error(), "microlock: releasing") ||
+		!errors.Is(retries[0].Err, context.DeadlineExceeded) {
+		t.Fatalf("Retrying events %v, want one for the release's timed-out attempt", retries)
+	}
+}
+
+// withLock: WithLock's release after fn returns costs a retry.
+func (x releasePausedCase) withLock(t *testing.T) {
+	r, hooks, check := x.r, x.hooks, x.check
+	defer r.resume()
+	p := r.probe(t, hooks)
+	key := testKey(t)
+	var returned time.Time
+	errc := timed(func() error {
+		return microlock.WithLock(ctxTimeout(t, stallCtx+5*time.Second), p.Client, key, func(context.Context) error {
+			p.arm()
+			returned = time.Now()
+			return nil
+		}, opts()...)
 	})
+	p.widen(t, errc)
+	_, err := within(t, errc, time.Time{})
+	check(t, key, "WithLock's release", err, time.Since(returned))
+}
+
+// close: Close's release costs a retry, and its revoke at most
+// revokeTimeout more.
+func (x releasePausedCase) close(t *testing.T) {
+	r, hooks, check := x.r, x.hooks, x.check
+	defer r.resume()
+	p := r.probe(t, hooks)
+	key := testKey(t)
+	released := make(chan microlock.Event, 1)
+	m, err := microlock.New(p.Client, key, opts(microlock.OnEvent(func(ev microlock.Event) {
+		if ev.Type == microlock.Released {
+			released <- ev
+		}
+	}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Lock(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	p.arm()
+	errc := timed(m.Close)
+	at := p.widen(t, errc)
+	var ev microlock.Event
+	select {
+	case ev = <-released:
+	case <-time.After(stallCtx):
+		t.Fatal("no Released event")
+	}
+	check(t, key, "Close's release", ev.Err, time.Since(at))
+	// Close then revokes the lease, in one request of up to 2 s
+	// (revokeTimeout) that may go to the paused member.
+	took, err := within(t, errc, at)
+	t.Logf("Close returned %v, %v after the pause", err, took.Round(time.Millisecond))
+	if err != nil || took > bound+2*time.Second {
+		t.Fatalf("Close = %v after %v, want nil within %v", err, took.Round(time.Millisecond), bound+2*time.Second)
+	}
 }
 
 // TestLivenessReleaseReplyLost: a release whose first attempt deleted the key

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 )
@@ -129,23 +130,21 @@ func TestLockWaitsInArrivalOrder(t *testing.T) {
 	const n = 5
 	var mu sync.Mutex
 	var order []int
-	var wg sync.WaitGroup
+	var eg errgroup.Group
 	for i := range n {
 		m := newMutex(t, c, key)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			if err := m.Lock(ctx); err != nil {
-				t.Errorf("waiter %d: %v", i, err)
-				return
+				return fmt.Errorf("waiter %d: %w", i, err)
 			}
 			mu.Lock()
 			order = append(order, i)
 			mu.Unlock()
 			if err := m.Unlock(ctx); err != nil {
-				t.Errorf("waiter %d Unlock: %v", i, err)
+				return fmt.Errorf("waiter %d Unlock: %w", i, err)
 			}
-		}()
+			return nil
+		})
 		// Wait until waiter i is queued before starting the next one.
 		for len(keysUnder(t, c, key)) != i+2 {
 			time.Sleep(5 * time.Millisecond)
@@ -154,7 +153,9 @@ func TestLockWaitsInArrivalOrder(t *testing.T) {
 	if err := first.Unlock(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(order, []int{0, 1, 2, 3, 4}) {
 		t.Fatalf("waiters acquired in order %v, want arrival order", order)
 	}

@@ -13,7 +13,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 )
 
-// Defaults applied before any Option.
+// The bounds that options are checked against, and the defaults of those
+// not given.
 const (
 	// DefaultTTL is the lease TTL a lock asks for when WithTTL is not given.
 	DefaultTTL = 10 * time.Second

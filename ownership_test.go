@@ -1,6 +1,7 @@
 package microlock_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"testing"
@@ -34,28 +35,7 @@ func TestSameNodeIDIsNotOwnership(t *testing.T) {
 		"same client":  newMutex(t, c1, key, microlock.WithNodeID(id)),
 	}
 	for name, m := range others {
-		if err := m.Unlock(ctx); !errors.Is(err, microlock.ErrNotOwner) {
-			t.Errorf("%s: Unlock = %v, want ErrNotOwner", name, err)
-		}
-		if err := m.Renew(ctx); !errors.Is(err, microlock.ErrNotOwner) {
-			t.Errorf("%s: Renew = %v, want ErrNotOwner", name, err)
-		}
-		// The holder's name is ours, yet the lock is not.
-		var ale *microlock.AlreadyLockedError
-		if err := m.TryLock(ctx); !errors.As(err, &ale) || ale.Holder != id || ale.Token != token {
-			t.Errorf("%s: TryLock = %v, want *AlreadyLockedError{Holder: %q, Token: %d}", name, err, id, token)
-		}
-		if err := m.Unlock(ctx); !errors.Is(err, microlock.ErrNotOwner) {
-			t.Errorf("%s: Unlock after a failed TryLock = %v, want ErrNotOwner", name, err)
-		}
-		if m.Token() != 0 {
-			t.Errorf("%s: Token = %d without a hold", name, m.Token())
-		}
-		// Its IsOwner guard is false: a fenced write cannot land.
-		resp, err := c1.Txn(ctx).If(m.IsOwner()).Then(clientv3.OpPut(key+"-fenced", name)).Commit()
-		if err != nil || resp.Succeeded {
-			t.Errorf("%s: fenced write = %v, succeeded %v; want refused", name, err, resp != nil && resp.Succeeded)
-		}
+		checkNotOwner(ctx, t, c1, key, name, m, id, token)
 	}
 	if got := keysUnder(t, c1, key); !slices.Equal(got, heldKeys) {
 		t.Fatalf("queue after the others' attempts: %q, want %q", got, heldKeys)
@@ -99,5 +79,34 @@ func TestSameNodeIDIsNotOwnership(t *testing.T) {
 	}
 	if resp, err := c1.Get(ctx, key+"-fenced"); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("a fenced write landed: %v, %v", resp, err)
+	}
+}
+
+// checkNotOwner checks that m, named name, with the holder's node ID id but
+// not its hold (token), can neither release, renew nor take the lock on
+// key, nor write through its IsOwner guard.
+func checkNotOwner(ctx context.Context, t *testing.T, c *clientv3.Client, key, name string, m *microlock.Mutex, id string, token int64) {
+	t.Helper()
+	if err := m.Unlock(ctx); !errors.Is(err, microlock.ErrNotOwner) {
+		t.Errorf("%s: Unlock = %v, want ErrNotOwner", name, err)
+	}
+	if err := m.Renew(ctx); !errors.Is(err, microlock.ErrNotOwner) {
+		t.Errorf("%s: Renew = %v, want ErrNotOwner", name, err)
+	}
+	// The holder's name is ours, yet the lock is not.
+	var ale *microlock.AlreadyLockedError
+	if err := m.TryLock(ctx); !errors.As(err, &ale) || ale.Holder != id || ale.Token != token {
+		t.Errorf("%s: TryLock = %v, want *AlreadyLockedError{Holder: %q, Token: %d}", name, err, id, token)
+	}
+	if err := m.Unlock(ctx); !errors.Is(err, microlock.ErrNotOwner) {
+		t.Errorf("%s: Unlock after a failed TryLock = %v, want ErrNotOwner", name, err)
+	}
+	if m.Token() != 0 {
+		t.Errorf("%s: Token = %d without a hold", name, m.Token())
+	}
+	// Its IsOwner guard is false: a fenced write cannot land.
+	resp, err := c.Txn(ctx).If(m.IsOwner()).Then(clientv3.OpPut(key+"-fenced", name)).Commit()
+	if err != nil || resp.Succeeded {
+		t.Errorf("%s: fenced write = %v, succeeded %v; want refused", name, err, resp != nil && resp.Succeeded)
 	}
 }

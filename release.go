@@ -17,32 +17,7 @@ import (
 func (m *Mutex) release(ctx context.Context, h *hold) error {
 	rev := h.rev.Load()
 	h.releasing.Store(true)
-	r := &retrier{m: m, what: "releasing"}
-	// maybe records that an attempt failed in a way that may have deleted
-	// the key all the same (a timeout, a lost connection). A later attempt
-	// that finds the key gone cannot tell that deletion from someone
-	// else's, and must not call it a loss: the delete is guarded by the
-	// create revision, so it can only have removed this hold's key, and the
-	// lock is free either way.
-	maybe := false
-	var resp *clientv3.TxnResponse
-	var err error
-	for {
-		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
-		resp, err = m.client.Txn(actx).
-			If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
-			Then(clientv3.OpDelete(h.key)).
-			Commit()
-		err = timedOut(actx, err)
-		cancel()
-		if err == nil {
-			break
-		}
-		maybe = maybe || keyUnknown(ctx, err) == keyMaybe
-		if h.ctx.Err() != nil || !r.retry(ctx, err) {
-			break
-		}
-	}
+	resp, maybe, err := m.deleteKey(ctx, h, rev)
 	switch {
 	case err != nil:
 		// The hold ends here either way; the renewal loop keeps trying to
@@ -75,5 +50,32 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 			return nil
 		}
 		return m.notOwner() // lost just before the delete landed
+	}
+}
+
+// deleteKey deletes h's key, guarded by its create revision rev, retrying
+// transient failures within ctx while h lasts. maybe reports that an attempt
+// failed in a way that may have deleted the key all the same (a timeout, a
+// lost connection). A later attempt that finds the key gone cannot tell that
+// deletion from someone else's, and must not call it a loss: the delete is
+// guarded by the create revision, so it can only have removed this hold's
+// key, and the lock is free either way.
+func (m *Mutex) deleteKey(ctx context.Context, h *hold, rev int64) (resp *clientv3.TxnResponse, maybe bool, err error) {
+	r := &retrier{m: m, what: "releasing"}
+	for {
+		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
+		resp, err = m.client.Txn(actx).
+			If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
+			Then(clientv3.OpDelete(h.key)).
+			Commit()
+		err = timedOut(actx, err)
+		cancel()
+		if err == nil {
+			return resp, maybe, nil
+		}
+		maybe = maybe || keyUnknown(ctx, err) == keyMaybe
+		if h.ctx.Err() != nil || !r.retry(ctx, err) {
+			return resp, maybe, err
+		}
 	}
 }

@@ -84,8 +84,8 @@ func (l *lease) run() {
 	for {
 		var stop bool
 		select {
-		case <-l.client.Ctx().Done():
-			emitLost(l.end(LossClientClosed, "the etcd client was closed", l.client.Ctx().Err()))
+		case <-l.etcd.Ctx().Done():
+			emitLost(l.end(LossClientClosed, "the etcd client was closed", l.etcd.Ctx().Err()))
 			return
 		case <-r.renew.C:
 			r.send()
@@ -250,6 +250,6 @@ func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
 	wg.Wait()
 	ctx, rcancel := context.WithTimeout(context.Background(), revokeTimeout)
 	defer rcancel()
-	_, _ = l.client.Revoke(ctx, l.id) // on failure it expires within its TTL
+	_, _ = l.etcd.Revoke(ctx, l.id) // on failure it expires within its TTL
 	return true
 }

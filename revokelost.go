@@ -35,24 +35,24 @@ func (l *lease) revokeAfterLoss() {
 	t := time.NewTimer(time.Until(earliestExpiry(l.currentDeadline(), l.ttl)))
 	select {
 	case <-t.C:
-	case <-l.client.Ctx().Done():
+	case <-l.etcd.Ctx().Done():
 		t.Stop()
 		return
 	}
 	stop := time.Now().Add(revokeLostFor)
 	pause := 100 * time.Millisecond
 	for time.Now().Before(stop) {
-		ctx, cancel := withTimer(l.client.Ctx(), attemptTimeout(l.ttl))
-		_, err := l.client.Revoke(ctx, l.id)
+		ctx, cancel := withTimer(l.etcd.Ctx(), attemptTimeout(l.ttl))
+		_, err := l.etcd.Revoke(ctx, l.id)
 		err = timedOut(ctx, err)
 		cancel()
-		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || !transient(err) || l.client.Ctx().Err() != nil {
+		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || !transient(err) || l.etcd.Ctx().Err() != nil {
 			return // revoked, gone already, refused for good, or the client closed
 		}
 		t.Reset(pause)
 		select {
 		case <-t.C:
-		case <-l.client.Ctx().Done():
+		case <-l.etcd.Ctx().Done():
 			t.Stop()
 			return
 		}

@@ -152,28 +152,7 @@ func TestTLSRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = cli.Close() })
-			const wait = 2 * time.Second
-			check := func(what string, err error, took time.Duration) {
-				t.Helper()
-				t.Logf("%s after %v: %v", what, took.Round(time.Millisecond), err)
-				if err == nil || !strings.HasPrefix(err.Error(), "microlock: ") {
-					t.Errorf("%s = %v, want a microlock: error", what, err)
-				}
-				if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "certificate") {
-					t.Errorf("%s = %v, want it to match context.DeadlineExceeded or name the certificate problem", what, err)
-				}
-				if took > wait+2*time.Second {
-					t.Errorf("%s took %v, past its %v deadline", what, took, wait)
-				}
-			}
-			run := func(what string, f func(ctx context.Context) error) {
-				t.Helper()
-				ctx, cancel := context.WithTimeout(context.Background(), wait)
-				defer cancel()
-				start := time.Now()
-				err := f(ctx)
-				check(what, err, time.Since(start))
-			}
+			run := func(what string, f func(ctx context.Context) error) { expectRefused(t, what, f) }
 			m := newMutex(t, cli, key, microlock.WithTTL(time.Second))
 			run("TryLock", m.TryLock)
 			run("Lock", m.Lock)
@@ -187,22 +166,50 @@ func TestTLSRefused(t *testing.T) {
 				_, err := microlock.Watch(ctx, cli, key)
 				return err
 			})
-			seen := false
-			for _, e := range logs.All() {
-				msg, _ := e.ContextMap()["error"].(string)
-				if slices.ContainsFunc(tc.why, func(w string) bool { return strings.Contains(msg, w) }) {
-					t.Logf("the client's log says: %s", msg)
-					seen = true
-					break
-				}
-			}
-			if !seen {
-				var msgs []string
-				for _, e := range logs.All() {
-					msgs = append(msgs, fmt.Sprint(e.ContextMap()["error"]))
-				}
-				t.Errorf("the client's log says none of %q; it says:\n%s", tc.why, strings.Join(msgs, "\n"))
-			}
+			checkLogSays(t, logs, tc.why)
 		})
 	}
+}
+
+// refusedWait is how long each call of TestTLSRefused may try.
+const refusedWait = 2 * time.Second
+
+// expectRefused runs f with refusedWait to go, and checks that it fails
+// with a microlock: error that says the deadline passed or names the
+// certificate problem, in about that time.
+func expectRefused(t *testing.T, what string, f func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), refusedWait)
+	defer cancel()
+	start := time.Now()
+	err := f(ctx)
+	took := time.Since(start)
+	t.Logf("%s after %v: %v", what, took.Round(time.Millisecond), err)
+	if err == nil || !strings.HasPrefix(err.Error(), "microlock: ") {
+		t.Errorf("%s = %v, want a microlock: error", what, err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("%s = %v, want it to match context.DeadlineExceeded or name the certificate problem", what, err)
+	}
+	if took > refusedWait+2*time.Second {
+		t.Errorf("%s took %v, past its %v deadline", what, took, refusedWait)
+	}
+}
+
+// checkLogSays checks that one of the client's logged errors contains one
+// of why.
+func checkLogSays(t *testing.T, logs *observer.ObservedLogs, why []string) {
+	t.Helper()
+	for _, e := range logs.All() {
+		msg, _ := e.ContextMap()["error"].(string)
+		if slices.ContainsFunc(why, func(w string) bool { return strings.Contains(msg, w) }) {
+			t.Logf("the client's log says: %s", msg)
+			return
+		}
+	}
+	var msgs []string
+	for _, e := range logs.All() {
+		msgs = append(msgs, fmt.Sprint(e.ContextMap()["error"]))
+	}
+	t.Errorf("the client's log says none of %q; it says:\n%s", why, strings.Join(msgs, "\n"))
 }

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 )
@@ -144,12 +144,10 @@ func TestContentionCounter(t *testing.T) {
 	counter := testKey(t, "counter")
 	ctx := ctxTimeout(t, 120*time.Second)
 	var g gauge
-	var wg sync.WaitGroup
+	var eg errgroup.Group
 	for i := range clients {
 		c := client(t)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			for range rounds {
 				err := microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
 					g.enter()
@@ -157,13 +155,15 @@ func TestContentionCounter(t *testing.T) {
 					return incrementSlowly(ctx, c, counter)
 				}, microlock.WithNodeID(fmt.Sprintf("client-%d", i)))
 				if err != nil {
-					t.Errorf("client %d: %v", i, err)
-					return
+					return fmt.Errorf("client %d: %w", i, err)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	if got := readCounter(t, client(t), counter); got != clients*rounds {
 		t.Fatalf("counter = %d, want %d: updates were lost", got, clients*rounds)
 	}
@@ -181,31 +181,30 @@ func TestMutualExclusionSharedClient(t *testing.T) {
 	counter := testKey(t, "counter")
 	ctx := ctxTimeout(t, 120*time.Second)
 	var g gauge
-	var wg sync.WaitGroup
+	var eg errgroup.Group
 	for i := range workers {
 		m := newMutex(t, c, key)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			for range rounds {
 				if err := m.Lock(ctx); err != nil {
-					t.Errorf("worker %d: %v", i, err)
-					return
+					return fmt.Errorf("worker %d: %w", i, err)
 				}
 				g.enter()
 				err := incrementSlowly(ctx, c, counter)
 				g.exit()
-				if err != nil {
-					t.Errorf("worker %d: %v", i, err)
+				if uerr := m.Unlock(ctx); err == nil {
+					err = uerr
 				}
-				if err := m.Unlock(ctx); err != nil {
-					t.Errorf("worker %d: %v", i, err)
-					return
+				if err != nil {
+					return fmt.Errorf("worker %d: %w", i, err)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	if err := eg.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	if got := readCounter(t, c, counter); got != workers*rounds {
 		t.Fatalf("counter = %d, want %d", got, workers*rounds)
 	}

@@ -84,33 +84,7 @@ func TestBreakWithLock(t *testing.T) {
 	t.Parallel()
 	key := testKey(t)
 	cli := shared.Client(t)
-	type held struct {
-		token int64
-		done  <-chan struct{}
-		cause func() error
-	}
-	heldc := make(chan held, 1)
-	lockErr := make(chan error, 1)
-	go func() {
-		lockErr <- microlock.WithLock(context.Background(), cli, key, func(ctx context.Context) error {
-			m, _ := microlock.FromContext(ctx)
-			heldc <- held{token: m.Token(), done: ctx.Done(), cause: func() error { return context.Cause(ctx) }}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Minute):
-				return errors.New("fn was not cancelled within a minute")
-			}
-		}, microlock.WithNodeID("library-node"), microlock.WithTTL(10*time.Second))
-	}()
-	var h held
-	select {
-	case h = <-heldc:
-	case err := <-lockErr:
-		t.Fatalf("WithLock: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("WithLock did not take the lock within 20 s")
-	}
+	h, lockErr := holdWithLock(t, cli, key)
 
 	code, stdout, stderr := runMicrolock(t, "break", "--json", "--force", endpointsFlag(), key)
 	broke := time.Now()
@@ -147,6 +121,44 @@ func TestBreakWithLock(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("WithLock did not return within 20 s of the break")
 	}
+}
+
+// heldByFn is a hold of a WithLock that runs in the test: its token, and
+// fn's ctx's Done and Cause.
+type heldByFn struct {
+	token int64
+	done  <-chan struct{}
+	cause func() error
+}
+
+// holdWithLock takes key with WithLock, as library-node, and returns once
+// fn runs. fn waits until its ctx is cancelled; the channel returns
+// WithLock's error.
+func holdWithLock(t *testing.T, cli *clientv3.Client, key string) (heldByFn, <-chan error) {
+	t.Helper()
+	heldc := make(chan heldByFn, 1)
+	lockErr := make(chan error, 1)
+	go func() {
+		lockErr <- microlock.WithLock(context.Background(), cli, key, func(ctx context.Context) error {
+			m, _ := microlock.FromContext(ctx)
+			heldc <- heldByFn{token: m.Token(), done: ctx.Done(), cause: func() error { return context.Cause(ctx) }}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Minute):
+				return errors.New("fn was not cancelled within a minute")
+			}
+		}, microlock.WithNodeID("library-node"), microlock.WithTTL(10*time.Second))
+	}()
+	select {
+	case h := <-heldc:
+		return h, lockErr
+	case err := <-lockErr:
+		t.Fatalf("WithLock: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("WithLock did not take the lock within 20 s")
+	}
+	return heldByFn{}, nil
 }
 
 // TestBreakRefusesWithoutTerminal: without --force, and with no terminal
@@ -201,20 +213,7 @@ func TestBreakHoldGuard(t *testing.T) {
 	key := testKey(t)
 	cli := shared.Client(t)
 	ctx := ctxTimeout(t, 20*time.Second)
-	put := func(k, v string) int64 {
-		t.Helper()
-		resp, err := cli.Put(ctx, k, v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Header.Revision
-	}
-	del := func(k string) {
-		t.Helper()
-		if _, err := cli.Delete(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put, del := keyWriter{t, ctx, cli}.put, keyWriter{t, ctx, cli}.del
 	holderKey := key + "/a"
 	stale := put(holderKey, "old-holder")
 
@@ -269,5 +268,29 @@ func TestBreakUnreachable(t *testing.T) {
 	code, _, stderr := runMicrolock(t, "break", "--force", "--endpoints", "127.0.0.1:1", "--command-timeout", "500ms", "k")
 	if code != exitUnavailable || !strings.Contains(stderr, "127.0.0.1:1") {
 		t.Fatalf("exit %d, stderr %q; want %d and the endpoint", code, stderr, exitUnavailable)
+	}
+}
+
+// keyWriter writes keys for a test, failing it on an error.
+type keyWriter struct {
+	t   *testing.T
+	ctx context.Context
+	cli *clientv3.Client
+}
+
+// put writes k and returns the revision it was written at.
+func (w keyWriter) put(k, v string) int64 {
+	w.t.Helper()
+	resp, err := w.cli.Put(w.ctx, k, v)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+func (w keyWriter) del(k string) {
+	w.t.Helper()
+	if _, err := w.cli.Delete(w.ctx, k); err != nil {
+		w.t.Fatal(err)
 	}
 }

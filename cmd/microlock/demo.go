@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/etcdtest"
 	"github.com/microlock/microlock/internal/faultproxy"
 )
 
@@ -83,7 +84,7 @@ func (c *cli) demo(args []string) error {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "Starting etcd (%s) in a temporary directory...\n", bin)
-		srv, err := startLocalEtcd(ctx, bin)
+		srv, err := etcdtest.LaunchContext(ctx, 1, etcdtest.WithBinary(bin))
 		if err != nil {
 			if ie := interrupted(ctx); ie != nil {
 				return ie
@@ -91,11 +92,12 @@ func (c *cli) demo(args []string) error {
 			return fmt.Errorf("microlock: demo: %w", err)
 		}
 		defer func() {
-			srv.stop()
-			fmt.Fprintf(c.stdout, "Stopped etcd and removed %s.\n", srv.dir)
+			srv.Stop()
+			fmt.Fprintf(c.stdout, "Stopped etcd and removed %s.\n", srv.Dir())
 		}()
-		cfg = clientv3.Config{Endpoints: []string{srv.endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
-		where = "a local etcd at " + srv.endpoint + ", data in " + srv.dir
+		endpoint := srv.Endpoints()[0]
+		cfg = clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+		where = "a local etcd at " + endpoint + ", data in " + srv.Dir()
 	}
 
 	err = runDemo(ctx, c.stdout, cfg, where)
@@ -253,19 +255,11 @@ func demoContention(ctx context.Context, tl *timeline, clients []*clientv3.Clien
 func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *clientv3.Client) (stoppedAt, takenAt time.Time, err error) {
 	const cut, waiter = "worker-5", "worker-1"
 	fmt.Fprintf(tl.w, "\n2. %s holds the lock and is cut off from etcd; %s waits for the lock.\n", cut, waiter)
-	proxy, err := faultproxy.New(cfg.Endpoints[0])
-	if err != nil {
-		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %w", err)
-	}
-	defer proxy.Close()
-	cutCfg, err := throughProxy(cfg, proxy.Addr())
+	proxy, cutClient, err := dialThroughProxy(cfg)
 	if err != nil {
 		return stoppedAt, takenAt, err
 	}
-	cutClient, err := clientv3.New(cutCfg)
-	if err != nil {
-		return stoppedAt, takenAt, etcdError(fmt.Errorf("microlock: demo: connecting through the proxy: %w", err))
-	}
+	defer proxy.Close()
 	defer cutClient.Close()
 
 	holding := make(chan struct{})
@@ -288,20 +282,8 @@ func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *cl
 		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s: %w", cut, err)
 	}
 
-	nextDone := make(chan error, 1)
 	tl.say(waiter, "asks for the lock")
-	go func() {
-		nextDone <- microlock.WithLock(ctx, next, demoKey, func(ctx context.Context) error {
-			takenAt = time.Now()
-			m, _ := microlock.FromContext(ctx)
-			tl.enter(waiter, m.Token())
-			defer tl.leave(waiter, "done; releases the lock")
-			if !sleepCtx(ctx, demoWork) {
-				return context.Cause(ctx)
-			}
-			return nil
-		}, microlock.WithNodeID(waiter), microlock.WithTTL(demoTTL))
-	}()
+	nextDone := demoWorker(ctx, tl, next, waiter, &takenAt)
 
 	var cutAt time.Time
 	if sleepCtx(ctx, 700*time.Millisecond) {
@@ -319,17 +301,63 @@ func demoCutOff(ctx context.Context, tl *timeline, cfg clientv3.Config, next *cl
 	if nextErr != nil {
 		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s: %w", waiter, nextErr)
 	}
+	return stoppedAt, takenAt, reportCutOff(tl, cut, waiter, cutAt, stoppedAt, takenAt)
+}
+
+// demoWorker takes the lock as who, on a goroutine of its own, notes in
+// *takenAt when it got it, and works demoWork while holding it. The channel
+// returns WithLock's error; *takenAt is set once it has.
+func demoWorker(ctx context.Context, tl *timeline, client *clientv3.Client, who string, takenAt *time.Time) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		done <- microlock.WithLock(ctx, client, demoKey, func(ctx context.Context) error {
+			*takenAt = time.Now()
+			m, _ := microlock.FromContext(ctx)
+			tl.enter(who, m.Token())
+			defer tl.leave(who, "done; releases the lock")
+			if !sleepCtx(ctx, demoWork) {
+				return context.Cause(ctx)
+			}
+			return nil
+		}, microlock.WithNodeID(who), microlock.WithTTL(demoTTL))
+	}()
+	return done
+}
+
+// dialThroughProxy starts a proxy to cfg's first endpoint and connects a
+// client through it. The caller closes both.
+func dialThroughProxy(cfg clientv3.Config) (*faultproxy.Proxy, *clientv3.Client, error) {
+	proxy, err := faultproxy.New(cfg.Endpoints[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("microlock: demo: %w", err)
+	}
+	cutCfg, err := throughProxy(cfg, proxy.Addr())
+	if err != nil {
+		proxy.Close()
+		return nil, nil, err
+	}
+	client, err := clientv3.New(cutCfg)
+	if err != nil {
+		proxy.Close()
+		return nil, nil, etcdError(fmt.Errorf("microlock: demo: connecting through the proxy: %w", err))
+	}
+	return proxy, client, nil
+}
+
+// reportCutOff prints when the cut-off worker stopped and the waiter took
+// over, and fails unless the one came before the other.
+func reportCutOff(tl *timeline, cut, waiter string, cutAt, stoppedAt, takenAt time.Time) error {
 	fmt.Fprintf(tl.w, "   %s's work was cancelled %v after it was cut off; %s took over %v after the cut.\n",
 		cut, stoppedAt.Sub(cutAt).Round(time.Millisecond), waiter, takenAt.Sub(cutAt).Round(time.Millisecond))
 	if !stoppedAt.Before(takenAt) {
-		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s still worked %v after %s took the lock",
+		return fmt.Errorf("microlock: demo: %s still worked %v after %s took the lock",
 			cut, stoppedAt.Sub(takenAt), waiter)
 	}
 	fmt.Fprintf(tl.w, "   Margin: %s stopped %v before %s could start. The library gives up on a lease\n"+
 		"   max(250ms, TTL/10) before the earliest moment etcd could expire it, counted from the\n"+
 		"   last renewal etcd acknowledged; etcd notices expired leases within about 500ms more.\n",
 		cut, takenAt.Sub(stoppedAt).Round(time.Millisecond), waiter)
-	return stoppedAt, takenAt, nil
+	return nil
 }
 
 // throughProxy returns cfg with its first endpoint replaced by the proxy at

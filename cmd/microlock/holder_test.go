@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/microlock/microlock"
 )
 
@@ -75,7 +77,13 @@ func TestHolder(t *testing.T) {
 		t.Fatalf("holder --json of a held key: %+v (lease %+v), want node-x with token and since %d, and a later revision", h, h.Lease, m.Token())
 	}
 
-	// A waiter shows in the count.
+	expectWaiting(t, cli, key, "node-x")
+}
+
+// expectWaiting queues a waiter on key, which holder holds, and checks that
+// holder --json counts it.
+func expectWaiting(t *testing.T, cli *clientv3.Client, key, holder string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	waiter, err := microlock.New(cli, key, microlock.WithNodeID("node-y"))
 	if err != nil {
@@ -93,7 +101,7 @@ func TestHolder(t *testing.T) {
 		_ = waiter.Close()
 	}()
 	eventually(t, 10*time.Second, "a waiter in holder --json", func() error {
-		if h := holderJSONOf(t, key); h.Waiting != 1 || h.Holder != "node-x" {
+		if h := holderJSONOf(t, key); h.Waiting != 1 || h.Holder != holder {
 			return fmt.Errorf("%+v", h)
 		}
 		return nil

@@ -16,6 +16,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/spf13/pflag"
+
 	"github.com/microlock/microlock"
 )
 
@@ -115,7 +117,33 @@ type runFlags struct {
 func (c *cli) run(args []string) error {
 	fs := newFlagSet("run")
 	conn := addConnFlags(fs)
-	f := runFlags{ttl: microlock.DefaultTTL}
+	f := addRunFlags(fs)
+	p, err := c.parseOrHelp(fs, args, runHelp())
+	if err != nil {
+		return err
+	}
+	if err := f.check(fs, p); err != nil {
+		return err
+	}
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return err
+	}
+
+	// Look the command up before taking the lock: a typo should not cost
+	// anyone a turn.
+	cmd := exec.Command(p.rest[0], p.rest[1:]...)
+	if cmd.Err == nil {
+		_, cmd.Err = exec.LookPath(cmd.Path) // a path with a slash is not looked up above
+	}
+	if cmd.Err != nil {
+		return startError(cmd.Err)
+	}
+	return c.runLocked(p.args[0], cmd, conn, *f)
+}
+
+// addRunFlags defines run's own flags in fs.
+func addRunFlags(fs *pflag.FlagSet) *runFlags {
+	f := &runFlags{ttl: microlock.DefaultTTL}
 	fs.Var(durationFlag{&f.ttl}, "ttl", "lease `TTL`; etcd grants whole seconds, at least 1s")
 	fs.StringVar(&f.nodeID, "node-id", "", "`ID` stored as the lock's value while held (default: hostname:pid)")
 	fs.BoolVar(&f.noWait, "no-wait", false, "fail at once, with exit code 75, if someone else holds the lock")
@@ -124,10 +152,12 @@ func (c *cli) run(args []string) error {
 	fs.IntVar(&f.limit, "limit", 1, "let at most `N` holders run at once: a counting semaphore, in arrival order (as consul lock -n)")
 	fs.BoolVar(&f.shared, "shared", false, "take a shared (read) hold: shared holders run together, exclusive ones alone")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`ADDR`/metrics while waiting and running (default: off)")
-	p, err := c.parseOrHelp(fs, args, runHelp())
-	if err != nil {
-		return err
-	}
+	return f
+}
+
+// check refuses a command line that run cannot carry out, and sets --grace
+// to its default if it was not given.
+func (f *runFlags) check(fs *pflag.FlagSet, p parsed) error {
 	switch {
 	case len(p.args) == 0:
 		return usageErrorf("run: missing KEY")
@@ -150,24 +180,13 @@ func (c *cli) run(args []string) error {
 	}
 	if !fs.Changed("grace") {
 		f.grace = maxGrace(f.ttl)
-	} else if err := checkGrace(f.grace, f.ttl); err != nil {
-		return err
+		return nil
 	}
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return err
-	}
-	key := p.args[0]
+	return checkGrace(f.grace, f.ttl)
+}
 
-	// Look the command up before taking the lock: a typo should not cost
-	// anyone a turn.
-	cmd := exec.Command(p.rest[0], p.rest[1:]...)
-	if cmd.Err == nil {
-		_, cmd.Err = exec.LookPath(cmd.Path) // a path with a slash is not looked up above
-	}
-	if cmd.Err != nil {
-		return startError(cmd.Err)
-	}
-
+// runLocked takes the lock key, runs cmd while holding it, and releases it.
+func (c *cli) runLocked(key string, cmd *exec.Cmd, conn *connFlags, f runFlags) error {
 	log := startEventLog(c.stderr)
 	defer log.stop()
 	opts := []microlock.Option{microlock.WithTTL(f.ttl), microlock.OnEvent(log.hook)}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 )
 
 // minRounds is the fewest acquisitions per contender a contention run makes,
@@ -49,69 +49,62 @@ func contend(b *testing.B, ls []locker) {
 	total := max(b.N, minRounds*c)
 	total = (total + c - 1) / c * c
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	// done ends the run once the last acquisition is in; the group's
+	// context also ends at the first contender's error.
+	ctx, done := context.WithCancel(context.Background())
+	defer done()
+	g, ctx := errgroup.WithContext(ctx)
 	// Indexed by acquisition number, 1-based. The number is taken while the
 	// lock is held, so it follows the order of the holds.
 	acqs := make([]acquisition, total+1)
 	var next atomic.Int64
 	var inside atomic.Int32
-	var mu sync.Mutex
-	var failure error
-	fail := func(err error) {
-		mu.Lock()
-		if failure == nil {
-			failure = err
-		}
-		mu.Unlock()
-		cancel()
-	}
 
-	var wg sync.WaitGroup
 	b.ResetTimer()
 	for i, l := range ls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			for {
 				if err := l.Lock(ctx); err != nil {
-					if ctx.Err() == nil {
-						fail(fmt.Errorf("contender %d: Lock: %w", i, err))
+					if ctx.Err() != nil {
+						return nil // done, or another contender failed
 					}
-					return
+					return fmt.Errorf("contender %d: Lock: %w", i, err)
 				}
 				locked := time.Now()
 				n := int(next.Add(1))
 				// The tiny critical section: check that no one else is in.
-				if inside.Add(1) != 1 {
-					fail(errors.New("two contenders held the lock at once"))
-				}
+				overlap := inside.Add(1) != 1
 				inside.Add(-1)
 				uctx, ucancel := context.WithTimeout(context.Background(), opTimeout)
 				err := l.Unlock(uctx)
 				ucancel()
 				unlocked := time.Now()
-				if err != nil {
-					fail(fmt.Errorf("contender %d: Unlock: %w", i, err))
-					return
-				}
-				if n > total {
-					return
+				switch {
+				case overlap:
+					return errors.New("two contenders held the lock at once")
+				case err != nil:
+					return fmt.Errorf("contender %d: Unlock: %w", i, err)
+				case n > total:
+					return nil
 				}
 				acqs[n] = acquisition{who: i, locked: locked, unlocked: unlocked}
 				if n == total {
-					cancel()
-					return
+					done()
+					return nil
 				}
 			}
-		}()
+		})
 	}
-	wg.Wait()
+	err := g.Wait()
 	b.StopTimer()
-	if failure != nil {
-		b.Fatal(failure)
+	if err != nil {
+		b.Fatal(err)
 	}
-	h := handoffs(acqs[1:], c)
+	reportHandoffs(b, handoffs(acqs[1:], c), total)
+}
+
+// reportHandoffs reports the figures of total acquisitions.
+func reportHandoffs(b *testing.B, h handoffStats, total int) {
 	b.ReportMetric(float64(h.span.Nanoseconds())/float64(total-1), "ns/op")
 	b.ReportMetric(h.perSecond, "handoffs/s")
 	b.ReportMetric(msec(h.p50), "p50-ms")

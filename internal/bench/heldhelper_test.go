@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,12 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/microlock/microlock"
 )
@@ -120,21 +119,9 @@ func heldHelper(cfg heldConfig) (r heldResult, err error) {
 	// everything each library keeps per lock is counted.
 	heap0, rss0 := memory()
 	g0 := runtime.NumGoroutine()
-	locks := make([]heldLock, cfg.Locks)
-	for i := range locks {
-		key := fmt.Sprintf("%s/%d", cfg.Prefix, i)
-		switch cfg.Lib {
-		case "microlock":
-			m, err := microlock.New(cli, key, microlock.WithTTL(cfg.TTL))
-			if err != nil {
-				return r, err
-			}
-			locks[i] = &microlockHeld{m: m}
-		case "etcd":
-			locks[i] = &etcdHeld{cli: cli, key: key, ttl: cfg.TTL}
-		default:
-			return r, fmt.Errorf("unknown library %q", cfg.Lib)
-		}
+	locks, err := newHeldLocks(cli, cfg)
+	if err != nil {
+		return r, err
 	}
 
 	// Release whatever is held, however the helper ends.
@@ -159,8 +146,43 @@ func heldHelper(cfg heldConfig) (r heldResult, err error) {
 	time.Sleep(cfg.Hold)
 	r.Hold = time.Since(t0)
 	r.CPU = cpuTime() - cpu0
-	counts := rc.take()
+	r.count(rc.take())
+	heap1, rss1 := memory()
+	r.HeapDelta, r.RSSDelta = heap1-heap0, rss1-rss0
+	r.Goroutines = runtime.NumGoroutine() - g0
+	if cfg.ProfileDir != "" {
+		if err := writeHeapProfile(filepath.Join(cfg.ProfileDir, fmt.Sprintf("held-%s-%d.pprof", cfg.Lib, cfg.Locks))); err != nil {
+			return r, err
+		}
+	}
 
+	r.Lost, err = countLost(ctx, cli, cfg.Prefix, locks)
+	return r, err
+}
+
+// newHeldLocks makes cfg.Locks locks of cfg.Lib under cfg.Prefix, none held.
+func newHeldLocks(cli *clientv3.Client, cfg heldConfig) ([]heldLock, error) {
+	locks := make([]heldLock, cfg.Locks)
+	for i := range locks {
+		key := fmt.Sprintf("%s/%d", cfg.Prefix, i)
+		switch cfg.Lib {
+		case "microlock":
+			m, err := microlock.New(cli, key, microlock.WithTTL(cfg.TTL))
+			if err != nil {
+				return nil, err
+			}
+			locks[i] = &microlockHeld{m: m}
+		case "etcd":
+			locks[i] = &etcdHeld{cli: cli, key: key, ttl: cfg.TTL}
+		default:
+			return nil, fmt.Errorf("unknown library %q", cfg.Lib)
+		}
+	}
+	return locks, nil
+}
+
+// count adds up the requests of the hold, by kind and method.
+func (r *heldResult) count(counts map[rpcKind]map[string]int) {
 	r.ByMethod = make(map[string]int)
 	for kind, byMethod := range counts {
 		for method, n := range byMethod {
@@ -176,18 +198,14 @@ func heldHelper(cfg heldConfig) (r heldResult, err error) {
 			r.ByMethod[fmt.Sprintf("%s(%s)", method, kind)] += n
 		}
 	}
-	heap1, rss1 := memory()
-	r.HeapDelta, r.RSSDelta = heap1-heap0, rss1-rss0
-	r.Goroutines = runtime.NumGoroutine() - g0
-	if cfg.ProfileDir != "" {
-		if err := writeHeapProfile(filepath.Join(cfg.ProfileDir, fmt.Sprintf("held-%s-%d.pprof", cfg.Lib, cfg.Locks))); err != nil {
-			return r, err
-		}
-	}
+}
 
-	resp, err := cli.Get(ctx, cfg.Prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+// countLost counts the locks that are no longer held, by the library's
+// account or by the keys under prefix in etcd.
+func countLost(ctx context.Context, cli *clientv3.Client, prefix string, locks []heldLock) (int, error) {
+	resp, err := cli.Get(ctx, prefix+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
-		return r, err
+		return 0, err
 	}
 	keys := heldKeys{byKey: make(map[string]int64), byLock: make(map[string][]int64)}
 	for _, kv := range resp.Kvs {
@@ -196,12 +214,13 @@ func heldHelper(cfg heldConfig) (r heldResult, err error) {
 		lock := k[:strings.LastIndex(k, "/")]
 		keys.byLock[lock] = append(keys.byLock[lock], kv.CreateRevision)
 	}
+	lost := 0
 	for _, l := range locks {
 		if l.lost(keys) {
-			r.Lost++
+			lost++
 		}
 	}
-	return r, nil
+	return lost, nil
 }
 
 // settle waits until a second passes in which the client sends nothing but
@@ -246,35 +265,14 @@ func (k rpcKind) String() string {
 }
 
 // forEach runs fn on every lock, heldWorkers at a time, and returns the
-// first error.
+// first error; an error does not stop the others.
 func forEach(locks []heldLock, fn func(heldLock) error) error {
-	work := make(chan heldLock)
-	errs := make(chan error, heldWorkers)
-	var wg sync.WaitGroup
-	for range heldWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var first error
-			for l := range work {
-				if err := fn(l); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(heldWorkers)
 	for _, l := range locks {
-		work <- l
+		g.Go(func() error { return fn(l) })
 	}
-	close(work)
-	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		all = append(all, err)
-	}
-	return errors.Join(all...)
+	return g.Wait()
 }
 
 // memory returns the heap in use and the resident set size, in bytes, after

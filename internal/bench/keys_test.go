@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
 )
 
 // keyRounds is how many times each library takes its turn in BenchmarkKeys.
@@ -88,26 +88,20 @@ func BenchmarkKeys(b *testing.B) {
 // cycleKeys runs one goroutine per locker until they have made n lock
 // cycles in all, and returns how long that took.
 func cycleKeys(ls []locker, n int) (time.Duration, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var left atomic.Int64
 	left.Store(int64(n))
-	var once sync.Once
-	var failure error
-	var wg sync.WaitGroup
+	g, ctx := errgroup.WithContext(context.Background())
 	start := time.Now()
 	for _, l := range ls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			for left.Add(-1) >= 0 {
 				if err := lockUnlock(ctx, l); err != nil {
-					once.Do(func() { failure = err; cancel() })
-					return
+					return err
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	return time.Since(start), failure
+	err := g.Wait()
+	return time.Since(start), err
 }

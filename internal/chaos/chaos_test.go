@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/microlock/microlock/internal/chaos"
 	"github.com/microlock/microlock/internal/etcdtest"
 )
@@ -150,18 +152,7 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &nemesis{
-		t:       t,
-		c:       c,
-		admin:   admin,
-		prefix:  lockKey + "/",
-		counter: counterKey,
-		ttl:     p.TTL,
-		rng:     rand.New(rand.NewPCG(p.Seed, 1)),
-	}
-	for _, m := range c.Members {
-		n.members = append(n.members, c.Client(t, m.ClientURL))
-	}
+	n := newNemesis(t, c, admin, p)
 
 	clockStart := chaos.ReadClock()
 	run := &chaos.Run{Variant: v, TTL: p.TTL, LockPrefix: lockKey + "/", Counter: counterKey, Start: chaos.Now()}
@@ -186,6 +177,33 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 	}
 	run.End = chaos.Now()
 	run.Faults = n.faults
+	collect(ctx, t, n, run, clockStart, dir)
+	// Checked even if a worker failed (a data race it found, say): the
+	// history is complete, and the table is worth having.
+	return chaos.Check(run), "v" + st.Version
+}
+
+// newNemesis makes the nemesis of a run of p on c, with a client of each
+// member.
+func newNemesis(t *testing.T, c *etcdtest.Cluster, admin *clientv3.Client, p chaos.Profile) *nemesis {
+	n := &nemesis{
+		t:       t,
+		c:       c,
+		admin:   admin,
+		prefix:  lockKey + "/",
+		counter: counterKey,
+		ttl:     p.TTL,
+		rng:     rand.New(rand.NewPCG(p.Seed, 1)),
+	}
+	for _, m := range c.Members {
+		n.members = append(n.members, c.Client(t, m.ClientURL))
+	}
+	return n
+}
+
+// collect fills run with what the run left: the workers' records, etcd's
+// history of the keys and the members' logs; and keeps its timeline in dir.
+func collect(ctx context.Context, t *testing.T, n *nemesis, run *chaos.Run, clockStart chaos.ClockReading, dir string) {
 	for _, w := range n.workers {
 		recs, err := chaos.ReadRecords(w.records)
 		if err != nil {
@@ -195,18 +213,16 @@ func runVariant(t *testing.T, bin string, p chaos.Profile, v chaos.Variant) (*ch
 	}
 	hctx, hcancel := context.WithTimeout(ctx, time.Minute)
 	defer hcancel()
-	if run.History, err = chaos.ReadHistory(hctx, admin, historyKey); err != nil {
+	var err error
+	if run.History, err = chaos.ReadHistory(hctx, n.admin, historyKey); err != nil {
 		t.Fatal(err)
 	}
-	if run.Logs, err = readMemberLogs(c, clockStart, chaos.ReadClock()); err != nil {
+	if run.Logs, err = readMemberLogs(n.c, clockStart, chaos.ReadClock()); err != nil {
 		t.Error(err)
 	}
 	if err := saveTimeline(dir, run); err != nil {
 		t.Error(err)
 	}
-	// Checked even if a worker failed (a data race it found, say): the
-	// history is complete, and the table is worth having.
-	return chaos.Check(run), "v" + st.Version
 }
 
 // readMemberLogs reads the lines of every member's log that bear on leaders

@@ -435,98 +435,38 @@ func (s revokedLeaseStory) run() (*history, *chaos.Result) {
 	h := newHistory(s.variant)
 	h.run.End = pt(10000)
 	h.hold("w1", 2213, 1000) // the counter is 1
+	b := &storyBuild{h: h}
 
-	// put queues node's key, as microlock names it after its lease.
-	put := func(node, lease string, x float64, via string, term uint64) (string, int64, chaos.Op) {
-		key := tPrefix + lease + "_0"
-		h.rev++
-		h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, CreateRev: h.rev, Value: node})
-		return key, h.rev, chaos.Op{Op: chaos.OpPut, Key: key, Lease: lease, Sent: pt(x), Acked: pt(x + 1.5), Rev: h.rev, Term: term, Via: via}
-	}
-	del := func(key string) int64 {
-		h.rev++
-		h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, Delete: true})
-		return h.rev
-	}
-	// renewals sends a renewal every TTL/3 from x0 until m2 resumes: m2
-	// answers before the pause; during it none is answered before the new
-	// leader is elected, and after, m0 answers if acked.
-	var renewed []int64 // w5's Renewed events
-	renewals := func(lease string, x0 float64, rev int64, acked bool) []chaos.Op {
-		var ops []chaos.Op
-		for x := x0; x < resumed; x += 667 {
-			op := chaos.Op{Op: chaos.OpKeepAlive, Lease: lease, Sent: pt(x)}
-			switch {
-			case x < 0:
-				op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 8, "m2"
-			case x >= newLeader && acked:
-				op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 9, "m0"
-			default:
-				op.Err = "context deadline exceeded"
-			}
-			if op.Acked != 0 && lease == lease5 {
-				renewed = append(renewed, op.Acked+int64(100*time.Microsecond))
-			}
-			ops = append(ops, op)
-		}
-		return ops
-	}
-
-	key5, token5, put5 := put("w5", lease5, -10, "m2", 8)
-	key2Old, _, put2Old := put("w2", lease2Old, -9, "m2", 8)
-	key3, _, put3 := put("w3", lease3, -8, "m2", 8)
-	key1, _, put1 := put("w1", lease1, -7, "m2", 8)
-	key4, _, put4 := put("w4", lease4, -6, "m2", 8)
+	key5, token5, put5 := b.put("w5", lease5, -10, "m2", 8)
+	key2Old, _, put2Old := b.put("w2", lease2Old, -9, "m2", 8)
+	key3, _, put3 := b.put("w3", lease3, -8, "m2", 8)
+	key1, _, put1 := b.put("w1", lease1, -7, "m2", 8)
+	key4, _, put4 := b.put("w4", lease4, -6, "m2", 8)
 	w5 := &chaos.Record{Node: "w5", Seq: 2295, Call: pt(-90.104), Acq: pt(-4.668), Token: token5, FnStart: pt(-4.651)}
 	h.records = append(h.records, w5)
 	h.read(w5)
 	w5.ReadEnd = pt(-3.143)
 	h.fault(chaos.MemberPause, "m2", pauseStart, pauseStart+int64(resumed))
 
-	// w2's deadline fires; it deletes its key and queues again on a new
-	// lease, which the new leader grants.
-	w2Gone := &chaos.Record{Node: "w2", Seq: 2192, Call: pt(-68.761), End: pt(1656.519),
-		Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: no renewal was acknowledged in time`}
-	h.records = append(h.records, w2Gone)
-	gone := del(key2Old)
-	w2Gone.Ops = append(append([]chaos.Op{put2Old}, renewals(lease2Old, -400, 0, false)...),
-		chaos.Op{Op: chaos.OpDelete, Key: key2Old, Sent: pt(1656.6), Acked: pt(1660), Rev: gone, Term: 9, Via: "m1"})
-	w2 := &chaos.Record{Node: "w2", Seq: 2193, Call: pt(1707.44)}
-	h.records = append(h.records, w2)
-	key2, token2, put2 := put("w2", lease2, 1720, "m1", 9)
-	w2.Token = token2
-	w2.Ops = append([]chaos.Op{
-		{Op: chaos.OpGrant, Lease: lease2, Sent: pt(1710), Acked: pt(1712), TTL: 2, Rev: gone, Term: 9, Via: "m1"}, put2,
-	}, renewals(lease2, 1710+667, token2, true)...)
+	w2, key2 := b.requeue(key2Old, put2Old)
 	before := h.rev
 
-	w5.Ops = append([]chaos.Op{put5}, renewals(lease5, -300, before, s.renewed)...)
-	w5.Renewed = renewed
+	w5.Ops = append([]chaos.Op{put5}, b.renewals(lease5, -300, before, s.renewed)...)
+	w5.Renewed = b.renewed
 	if s.selfDelete {
 		w5.Ops = append(w5.Ops, chaos.Op{Op: chaos.OpDelete, Key: key5, Sent: pt(2000), Err: "context deadline exceeded"})
 	}
-	for _, w := range []struct {
-		node        string
-		seq         int64
-		call, end   float64
-		key, lease  string
-		put         chaos.Op
-		renewalFrom float64
-	}{
-		{"w4", 2259, -8.415, 3583.086, key4, lease4, put4, -200},
-		{"w3", 2126, -46.204, 3589.537, key3, lease3, put3, -500},
-		{"w1", 2214, -30.227, 3586.82, key1, lease1, put1, -100},
-	} {
-		h.records = append(h.records, &chaos.Record{Node: w.node, Seq: w.seq, Call: pt(w.call), End: pt(w.end),
-			Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: its key was deleted while it waited`,
-			Ops: append([]chaos.Op{w.put}, renewals(w.lease, w.renewalFrom, before, true)...)})
-	}
+	b.waiters(before, []storyWaiter{
+		{"w4", 2259, -8.415, 3583.086, lease4, put4, -200},
+		{"w3", 2126, -46.204, 3589.537, lease3, put3, -500},
+		{"w1", 2214, -30.227, 3586.82, lease1, put1, -100},
+	})
 
 	// m2 resumes and revokes the leases it knew.
-	del(key5)
-	del(key4)
-	del(key3)
-	del(key1)
+	b.del(key5)
+	b.del(key4)
+	b.del(key3)
+	b.del(key1)
 	// w5's Put lands.
 	h.write(w5, 0, chaos.WriteOK)
 	w5.WriteStart, w5.WriteEnd, w5.WriteVia = pt(4.478), pt(3578.351), "m0"
@@ -539,7 +479,7 @@ func (s revokedLeaseStory) run() (*history, *chaos.Result) {
 	w2.ReadEnd = pt(3590.54)
 	h.write(w2, pauseStart+3606, chaos.WriteOK)
 	w2.FnEnd, w2.End = pt(3607.688), pt(3609.86)
-	del(key2)
+	b.del(key2)
 	h.hold("w3", 2127, pauseStart+3739)
 
 	h.run.Logs = []chaos.LogLine{
@@ -550,6 +490,91 @@ func (s revokedLeaseStory) run() (*history, *chaos.Result) {
 		{Member: "m2", At: pt(resumed + 4), Level: "info", Text: "raft.node: m2 changed leader from m2 to m0 at term 9"},
 	}
 	return h, h.check()
+}
+
+// storyBuild writes a revokedLeaseStory into a history.
+type storyBuild struct {
+	h       *history
+	renewed []int64 // w5's Renewed events
+}
+
+// put queues node's key, as microlock names it after its lease.
+func (b *storyBuild) put(node, lease string, x float64, via string, term uint64) (string, int64, chaos.Op) {
+	h := b.h
+	key := tPrefix + lease + "_0"
+	h.rev++
+	h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, CreateRev: h.rev, Value: node})
+	return key, h.rev, chaos.Op{Op: chaos.OpPut, Key: key, Lease: lease, Sent: pt(x), Acked: pt(x + 1.5), Rev: h.rev, Term: term, Via: via}
+}
+
+func (b *storyBuild) del(key string) int64 {
+	h := b.h
+	h.rev++
+	h.run.History = append(h.run.History, chaos.Event{Rev: h.rev, Key: key, Delete: true})
+	return h.rev
+}
+
+// renewals sends a renewal every TTL/3 from x0 until m2 resumes: m2
+// answers before the pause; during it none is answered before the new
+// leader is elected, and after, m0 answers if acked.
+func (b *storyBuild) renewals(lease string, x0 float64, rev int64, acked bool) []chaos.Op {
+	var ops []chaos.Op
+	for x := x0; x < resumed; x += 667 {
+		op := chaos.Op{Op: chaos.OpKeepAlive, Lease: lease, Sent: pt(x)}
+		switch {
+		case x < 0:
+			op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 8, "m2"
+		case x >= newLeader && acked:
+			op.Acked, op.TTL, op.Rev, op.Term, op.Via = pt(x+2), 2, rev, 9, "m0"
+		default:
+			op.Err = "context deadline exceeded"
+		}
+		if op.Acked != 0 && lease == lease5 {
+			b.renewed = append(b.renewed, op.Acked+int64(100*time.Microsecond))
+		}
+		ops = append(ops, op)
+	}
+	return ops
+}
+
+// requeue: w2's deadline fires; it deletes its old key and queues again on
+// a new lease, which the new leader grants. It returns w2's new call and
+// key.
+func (b *storyBuild) requeue(key2Old string, put2Old chaos.Op) (*chaos.Record, string) {
+	h := b.h
+	w2Gone := &chaos.Record{Node: "w2", Seq: 2192, Call: pt(-68.761), End: pt(1656.519),
+		Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: no renewal was acknowledged in time`}
+	h.records = append(h.records, w2Gone)
+	gone := b.del(key2Old)
+	w2Gone.Ops = append(append([]chaos.Op{put2Old}, b.renewals(lease2Old, -400, 0, false)...),
+		chaos.Op{Op: chaos.OpDelete, Key: key2Old, Sent: pt(1656.6), Acked: pt(1660), Rev: gone, Term: 9, Via: "m1"})
+	w2 := &chaos.Record{Node: "w2", Seq: 2193, Call: pt(1707.44)}
+	h.records = append(h.records, w2)
+	key2, token2, put2 := b.put("w2", lease2, 1720, "m1", 9)
+	w2.Token = token2
+	w2.Ops = append([]chaos.Op{
+		{Op: chaos.OpGrant, Lease: lease2, Sent: pt(1710), Acked: pt(1712), TTL: 2, Rev: gone, Term: 9, Via: "m1"}, put2,
+	}, b.renewals(lease2, 1710+667, token2, true)...)
+	return w2, key2
+}
+
+// storyWaiter is a worker that waits in the queue until m2 deletes its key.
+type storyWaiter struct {
+	node        string
+	seq         int64
+	call, end   float64
+	lease       string
+	put         chaos.Op
+	renewalFrom float64
+}
+
+// waiters records the calls of ws, which lose their place when m2 resumes.
+func (b *storyBuild) waiters(before int64, ws []storyWaiter) {
+	for _, w := range ws {
+		b.h.records = append(b.h.records, &chaos.Record{Node: w.node, Seq: w.seq, Call: pt(w.call), End: pt(w.end),
+			Err: `microlock: waiting for "chaos/register": microlock: lock on "chaos/register" lost: its key was deleted while it waited`,
+			Ops: append([]chaos.Op{w.put}, b.renewals(w.lease, w.renewalFrom, before, true)...)})
+	}
 }
 
 // TestCheckRevokedLease: a holder's late write after etcd revoked the

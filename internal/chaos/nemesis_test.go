@@ -70,74 +70,91 @@ func (n *nemesis) run(ctx context.Context, steps []chaos.Step) error {
 // inject applies one fault and undoes it.
 func (n *nemesis) inject(ctx context.Context, s chaos.Step) (chaos.Fault, error) {
 	f := chaos.Fault{Kind: s.Kind}
+	var err error
 	switch s.Kind {
 	case chaos.WorkerPartition, chaos.WorkerPause:
-		act, undo := (*workerProc).cut, (*workerProc).heal
-		if s.Kind == chaos.WorkerPause {
-			act = func(w *workerProc) { n.check(w.pause()) }
-			undo = func(w *workerProc) { n.check(w.resume()) }
-		}
-		w, start, token, err := n.catchHolder(ctx, s.Pick, act, undo)
-		if err != nil {
-			return f, err
-		}
-		f.Target, f.Start, f.Holding, f.Token = w.node, start, token != 0, token
-		err = sleep(ctx, s.Duration)
-		undo(w)
-		f.Heal = chaos.Now()
-		return f, err
+		err = n.injectWorker(ctx, s, &f)
+	case chaos.MemberPartition, chaos.MemberPause:
+		err = n.injectMember(ctx, s, &f)
+	case chaos.LeaderKill, chaos.FollowerKill:
+		err = n.injectKill(ctx, s, &f)
+	default:
+		return f, fmt.Errorf("unknown fault kind %q", s.Kind)
+	}
+	return f, err
+}
 
-	case chaos.MemberPartition:
-		m := n.c.Members[s.Pick%uint64(len(n.c.Members))]
-		f.Target, f.Start = m.Name, chaos.Now()
+// injectWorker cuts off or pauses the worker that holds the lock, at a
+// random moment of its hold, for s.Duration.
+func (n *nemesis) injectWorker(ctx context.Context, s chaos.Step, f *chaos.Fault) error {
+	act, undo := (*workerProc).cut, (*workerProc).heal
+	if s.Kind == chaos.WorkerPause {
+		act = func(w *workerProc) { n.check(w.pause()) }
+		undo = func(w *workerProc) { n.check(w.resume()) }
+	}
+	w, start, token, err := n.catchHolder(ctx, s.Pick, act, undo)
+	if err != nil {
+		return err
+	}
+	f.Target, f.Start, f.Holding, f.Token = w.node, start, token != 0, token
+	err = sleep(ctx, s.Duration)
+	undo(w)
+	f.Heal = chaos.Now()
+	return err
+}
+
+// injectMember partitions a member from its peers, or pauses it, for
+// s.Duration.
+func (n *nemesis) injectMember(ctx context.Context, s chaos.Step, f *chaos.Fault) error {
+	m := n.c.Members[s.Pick%uint64(len(n.c.Members))]
+	f.Target, f.Start = m.Name, chaos.Now()
+	if s.Kind == chaos.MemberPartition {
 		n.c.Isolate(m)
 		err := sleep(ctx, s.Duration)
 		n.c.HealPeers()
 		f.Heal = chaos.Now()
-		return f, err
-
-	case chaos.MemberPause:
-		m := n.c.Members[s.Pick%uint64(len(n.c.Members))]
-		f.Target, f.Start = m.Name, chaos.Now()
-		if err := m.Pause(); err != nil {
-			return f, err
-		}
-		err := sleep(ctx, s.Duration)
-		if rerr := m.Resume(); err == nil {
-			err = rerr
-		}
-		f.Heal = chaos.Now()
-		return f, err
-
-	case chaos.LeaderKill, chaos.FollowerKill:
-		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		leader, err := n.c.Leader(lctx)
-		cancel()
-		if err != nil {
-			return f, err
-		}
-		m := leader
-		if s.Kind == chaos.FollowerKill {
-			var followers []*etcdtest.Member
-			for _, o := range n.c.Members {
-				if o != leader {
-					followers = append(followers, o)
-				}
-			}
-			m = followers[s.Pick%uint64(len(followers))]
-		}
-		f.Target, f.Start = m.Name, chaos.Now()
-		if err := m.Kill(); err != nil {
-			return f, err
-		}
-		err = sleep(ctx, s.Duration)
-		if rerr := m.Restart(); err == nil {
-			err = rerr
-		}
-		f.Heal = chaos.Now()
-		return f, err
+		return err
 	}
-	return f, fmt.Errorf("unknown fault kind %q", s.Kind)
+	if err := m.Pause(); err != nil {
+		return err
+	}
+	err := sleep(ctx, s.Duration)
+	if rerr := m.Resume(); err == nil {
+		err = rerr
+	}
+	f.Heal = chaos.Now()
+	return err
+}
+
+// injectKill kills the leader, or a follower, and restarts it after
+// s.Duration.
+func (n *nemesis) injectKill(ctx context.Context, s chaos.Step, f *chaos.Fault) error {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	leader, err := n.c.Leader(lctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	m := leader
+	if s.Kind == chaos.FollowerKill {
+		var followers []*etcdtest.Member
+		for _, o := range n.c.Members {
+			if o != leader {
+				followers = append(followers, o)
+			}
+		}
+		m = followers[s.Pick%uint64(len(followers))]
+	}
+	f.Target, f.Start = m.Name, chaos.Now()
+	if err := m.Kill(); err != nil {
+		return err
+	}
+	err = sleep(ctx, s.Duration)
+	if rerr := m.Restart(); err == nil {
+		err = rerr
+	}
+	f.Heal = chaos.Now()
+	return err
 }
 
 // catchHolder applies act to the worker that holds the lock, at a random

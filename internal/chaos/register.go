@@ -63,22 +63,7 @@ func (c *checker) writes() []landedWrite {
 			continue
 		}
 		c.res.Landed++
-		rec := c.byID[recordID(v.Node, v.Seq)]
-		var t int64
-		switch {
-		case rec == nil:
-			c.add(CheckHistory, 0, 1, "", "revision %d: write %s#%d (value %d) has no record", ev.Rev, v.Node, v.Seq, v.N)
-		default:
-			t = rec.WriteStart
-			c.landed[rec] = ev.Rev
-			if rec.Write != WriteOK {
-				c.res.LandedUnacked++
-			}
-			if rec.Write == WriteRefused || rec.Written != v.N || rec.Token != v.Token {
-				c.add(CheckHistory, t, 1, "", "revision %d: write %s#%d landed as %+v, but its record says %s, value %d, token %d",
-					ev.Rev, v.Node, v.Seq, v, rec.Write, rec.Written, rec.Token)
-			}
-		}
+		rec, t := c.landedRecord(ev.Rev, v)
 		h := holder()
 		stale := h != v.Token
 		if stale {
@@ -97,6 +82,25 @@ func (c *checker) writes() []landedWrite {
 	return ws
 }
 
+// landedRecord returns the record of the write v that landed at revision
+// rev, and when it was sent, and checks that they agree.
+func (c *checker) landedRecord(rev int64, v Value) (rec *Record, sent int64) {
+	rec = c.byID[recordID(v.Node, v.Seq)]
+	if rec == nil {
+		c.add(CheckHistory, 0, 1, "", "revision %d: write %s#%d (value %d) has no record", rev, v.Node, v.Seq, v.N)
+		return nil, 0
+	}
+	c.landed[rec] = rev
+	if rec.Write != WriteOK {
+		c.res.LandedUnacked++
+	}
+	if rec.Write == WriteRefused || rec.Written != v.N || rec.Token != v.Token {
+		c.add(CheckHistory, rec.WriteStart, 1, "", "revision %d: write %s#%d landed as %+v, but its record says %s, value %d, token %d",
+			rev, v.Node, v.Seq, v, rec.Write, rec.Written, rec.Token)
+	}
+	return rec, rec.WriteStart
+}
+
 // lostUpdates finds the increments that the final value does not contain.
 // Each write read the value of the last write at or before its read's
 // revision: its parent. The increments that count are the final write and
@@ -104,6 +108,34 @@ func (c *checker) writes() []landedWrite {
 // build on it. The overwriting write is blamed, at its time: the first
 // later write whose parent is older.
 func (c *checker) lostUpdates(ws []landedWrite) {
+	c.linkParents(ws)
+	if len(ws) == 0 {
+		return
+	}
+	counted := make([]bool, len(ws))
+	chain := 0
+	for i := len(ws) - 1; i >= 0; i = ws[i].parent {
+		counted[i] = true
+		chain++
+	}
+	c.res.Final = ws[len(ws)-1].v.N
+	c.res.LostIncrements = int64(len(ws) - chain)
+	if c.res.Final != int64(chain) {
+		c.add(CheckHistory, 0, 1, "", "the counter ends at %d, but %d writes built it", c.res.Final, chain)
+	}
+	lost := culprits(ws, counted)
+	for k := range ws {
+		if victims := lost[k]; len(victims) > 0 {
+			slices.Reverse(victims)
+			c.blame(ws, k, victims)
+		}
+	}
+}
+
+// linkParents sets each write's parent: the write whose value it read, by
+// its record, or else the latest earlier write it could have read. A read
+// that etcd's history does not show is a violation.
+func (c *checker) linkParents(ws []landedWrite) {
 	for i := range ws {
 		w := &ws[i]
 		w.parent = -2
@@ -129,24 +161,13 @@ func (c *checker) lostUpdates(ws []landedWrite) {
 			}
 		}
 	}
-	if len(ws) == 0 {
-		return
-	}
-	counted := make([]bool, len(ws))
-	chain := 0
-	for i := len(ws) - 1; i >= 0; i = ws[i].parent {
-		counted[i] = true
-		chain++
-	}
-	c.res.Final = ws[len(ws)-1].v.N
-	c.res.LostIncrements = int64(len(ws) - chain)
-	if c.res.Final != int64(chain) {
-		c.add(CheckHistory, 0, 1, "", "the counter ends at %d, but %d writes built it", c.res.Final, chain)
-	}
+}
 
-	// culprit[i] is the write that overwrote write i's increment.
-	culprit := make([]int, len(ws))
-	lost := make(map[int][]int) // culprit → the writes it overwrote
+// culprits maps each write that overwrote increments to the writes whose
+// increments it overwrote (those not counted), latest first.
+func culprits(ws []landedWrite, counted []bool) map[int][]int {
+	culprit := make([]int, len(ws)) // culprit[i] overwrote write i's increment
+	lost := make(map[int][]int)
 	for i := len(ws) - 2; i >= 0; i-- {
 		if counted[i] {
 			continue
@@ -158,48 +179,47 @@ func (c *checker) lostUpdates(ws []landedWrite) {
 		}
 		lost[culprit[i]] = append(lost[culprit[i]], i)
 	}
-	for k := range ws {
-		victims := lost[k]
-		if len(victims) == 0 {
-			continue
+	return lost
+}
+
+// blame records the lost update of write k, which overwrote the increments
+// of victims, with the excuse of a late write if one qualifies.
+func (c *checker) blame(ws []landedWrite, k int, victims []int) {
+	var names []string
+	for _, i := range victims {
+		if r := ws[i].rec; r != nil && r.Write == WriteOK {
+			c.res.LostAcked++
 		}
-		slices.Reverse(victims)
-		var names []string
-		for _, i := range victims {
-			if r := ws[i].rec; r != nil && r.Write == WriteOK {
-				c.res.LostAcked++
-			}
-			if len(names) < 6 {
-				names = append(names, fmt.Sprintf("%s#%d", ws[i].v.Node, ws[i].v.Seq))
-			}
+		if len(names) < 6 {
+			names = append(names, fmt.Sprintf("%s#%d", ws[i].v.Node, ws[i].v.Seq))
 		}
-		if len(victims) > len(names) {
-			names = append(names, fmt.Sprintf("and %d more", len(victims)-len(names)))
-		}
-		w := ws[k]
-		var t, readRev int64
-		if w.rec != nil {
-			t, readRev = w.rec.WriteStart, w.rec.ReadRev
-		}
-		// A late write is to blame whether it overwrote the others or
-		// landed between an honest holder's read and write.
-		excuse := c.lateWrite(w.rec)
-		for _, i := range victims {
-			if excuse == "" {
-				excuse = c.lateWrite(ws[i].rec)
-			}
-		}
-		// Likewise for a late write after etcd revoked its writer's
-		// renewed lease; why is the culprit's, if none qualifies.
-		rv, why := c.revokedLate(w)
-		for _, i := range victims {
-			if rv == nil {
-				rv, _ = c.revokedLate(ws[i])
-			}
-		}
-		c.addRevoked(CheckLostUpdate, t, int64(len(victims)), excuse, rv, why, "revision %d: %s#%d (token %d) wrote %d, having read %d at revision %d, over %d: the increments of %s are lost%s",
-			w.rev, w.v.Node, w.v.Seq, w.v.Token, w.v.N, w.v.N-1, readRev, ws[k-1].v.N, strings.Join(names, ", "), writeTiming(w.rec))
 	}
+	if len(victims) > len(names) {
+		names = append(names, fmt.Sprintf("and %d more", len(victims)-len(names)))
+	}
+	w := ws[k]
+	var t, readRev int64
+	if w.rec != nil {
+		t, readRev = w.rec.WriteStart, w.rec.ReadRev
+	}
+	// A late write is to blame whether it overwrote the others or
+	// landed between an honest holder's read and write.
+	excuse := c.lateWrite(w.rec)
+	for _, i := range victims {
+		if excuse == "" {
+			excuse = c.lateWrite(ws[i].rec)
+		}
+	}
+	// Likewise for a late write after etcd revoked its writer's
+	// renewed lease; why is the culprit's, if none qualifies.
+	rv, why := c.revokedLate(w)
+	for _, i := range victims {
+		if rv == nil {
+			rv, _ = c.revokedLate(ws[i])
+		}
+	}
+	c.addRevoked(CheckLostUpdate, t, int64(len(victims)), excuse, rv, why, "revision %d: %s#%d (token %d) wrote %d, having read %d at revision %d, over %d: the increments of %s are lost%s",
+		w.rev, w.v.Node, w.v.Seq, w.v.Token, w.v.N, w.v.N-1, readRev, ws[k-1].v.N, strings.Join(names, ", "), writeTiming(w.rec))
 }
 
 // writeTiming describes when a write was sent relative to its hold's loss

@@ -83,12 +83,19 @@ type revocationResult struct {
 // lifetimes, the workers' ops, and the observations that bound when a
 // revision happened.
 func (c *checker) index() {
-	run := c.run
 	c.keys = make(map[int64]*lockKey)
 	c.ops = make(map[string][]Op)
 	c.leaseOf = make(map[string][]Op)
 	c.revocations = make(map[int64]revocationResult)
+	c.indexKeys()
+	c.indexRecords()
+	c.indexOps()
+}
 
+// indexKeys follows each lock key from its creation to its deletion, and
+// notes when it became the oldest of the queue.
+func (c *checker) indexKeys() {
+	run := c.run
 	queue := make(map[string]*lockKey)
 	for i, ev := range run.History {
 		if !strings.HasPrefix(ev.Key, run.LockPrefix) {
@@ -114,7 +121,11 @@ func (c *checker) index() {
 			first.head = ev.Rev
 		}
 	}
+}
 
+// indexRecords gathers the workers' ops, and what their records saw.
+func (c *checker) indexRecords() {
+	run := c.run
 	for i := range run.Records {
 		r := &run.Records[i]
 		c.ops[r.Node] = append(c.ops[r.Node], r.Ops...)
@@ -131,6 +142,11 @@ func (c *checker) index() {
 			c.seen = append(c.seen, observation{k.head, r.Acq, fmt.Sprintf("%s's acquisition (its key became the oldest at revision %d)", id, k.head)})
 		}
 	}
+}
+
+// indexOps orders each worker's ops, notes the puts of each lock key, and
+// what the answered ops saw.
+func (c *checker) indexOps() {
 	for node, ops := range c.ops {
 		slices.SortStableFunc(ops, func(a, b Op) int { return cmp.Compare(a.Sent, b.Sent) })
 		for _, op := range ops {
@@ -222,20 +238,42 @@ func (c *checker) findRevocation(token int64) (*Revocation, string) {
 	if rv.Lease == "" {
 		return nil, fmt.Sprintf("no record shows the put that created its key %s", k.key)
 	}
+	// In order: each check's evidence is what the next one reads.
+	for _, check := range []func() string{
+		func() string { return c.byClient(rv, created) },
+		func() string { return c.lastRenewal(rv) },
+		func() string { return c.memberFault(rv) },
+	} {
+		if why := check(); why != "" {
+			return nil, why
+		}
+	}
+	c.describe(rv, k)
+	return rv, ""
+}
+
+// byClient says which worker's request may have deleted rv's key or
+// revoked its lease since the key was created at created, if any.
+func (c *checker) byClient(rv *Revocation, created int64) string {
 	for _, node := range slices.Sorted(maps.Keys(c.ops)) {
 		for _, op := range c.ops[node] {
 			if op.Sent >= rv.By || (op.Acked != 0 && op.Acked < created) {
 				continue // too late to cause it, or done before the key existed
 			}
-			if op.Deletes(k.key) {
-				return nil, fmt.Sprintf("%s sent a deletion of its key at %s", node, fmtAt(op.Sent))
+			if op.Deletes(rv.Key) {
+				return fmt.Sprintf("%s sent a deletion of its key at %s", node, fmtAt(op.Sent))
 			}
 			if op.Op == OpRevoke && op.Lease == rv.Lease {
-				return nil, fmt.Sprintf("%s sent a revocation of its lease %s at %s", node, rv.Lease, fmtAt(op.Sent))
+				return fmt.Sprintf("%s sent a revocation of its lease %s at %s", node, rv.Lease, fmtAt(op.Sent))
 			}
 		}
 	}
+	return ""
+}
 
+// lastRenewal sets rv's last acknowledged renewal before its deletion was
+// seen, and says why etcd could rightly have expired the lease, if it could.
+func (c *checker) lastRenewal(rv *Revocation) string {
 	for _, ops := range c.ops {
 		for _, op := range ops {
 			if op.Lease == rv.Lease && op.Renewal() && op.Sent < rv.By && op.Sent > rv.Renewal.Sent {
@@ -244,14 +282,19 @@ func (c *checker) findRevocation(token int64) (*Revocation, string) {
 		}
 	}
 	if rv.Renewal.Sent == 0 {
-		return nil, fmt.Sprintf("no acknowledged renewal of its lease %s was sent before its deletion was seen at %s", rv.Lease, fmtAt(rv.By))
+		return fmt.Sprintf("no acknowledged renewal of its lease %s was sent before its deletion was seen at %s", rv.Lease, fmtAt(rv.By))
 	}
 	ttl := time.Duration(rv.Renewal.TTL) * time.Second
 	if expiry := rv.Renewal.Sent + int64(float64(ttl)*(1-clockRate)); expiry <= rv.By {
-		return nil, fmt.Sprintf("the last acknowledged renewal of its lease %s was sent at %s with a TTL of %v: etcd could rightly expire it %v before its deletion was seen at %s",
+		return fmt.Sprintf("the last acknowledged renewal of its lease %s was sent at %s with a TTL of %v: etcd could rightly expire it %v before its deletion was seen at %s",
 			rv.Lease, fmtAt(rv.Renewal.Sent), ttl, time.Duration(rv.By-expiry), fmtAt(rv.By))
 	}
+	return ""
+}
 
+// memberFault sets the member fault under way when rv's key was deleted,
+// and says so if there was none.
+func (c *checker) memberFault(rv *Revocation) string {
 	found := false
 	for _, f := range c.run.Faults {
 		switch f.Kind {
@@ -262,11 +305,9 @@ func (c *checker) findRevocation(token int64) (*Revocation, string) {
 		}
 	}
 	if !found {
-		return nil, fmt.Sprintf("no member fault was under way when its key was deleted (between %s and %s)", fmtAt(rv.After), fmtAt(rv.By))
+		return fmt.Sprintf("no member fault was under way when its key was deleted (between %s and %s)", fmtAt(rv.After), fmtAt(rv.By))
 	}
-
-	c.describe(rv, k)
-	return rv, ""
+	return ""
 }
 
 // describe adds to rv the evidence that does not decide the case but
@@ -281,9 +322,35 @@ func (c *checker) describe(rv *Revocation, k *lockKey) {
 		}
 	}
 	slices.SortFunc(rv.During, func(a, b Op) int { return cmp.Compare(a.Sent, b.Sent) })
+	c.burst(rv, k)
 
-	// The deletions in a row around this one: a stale leader revokes every
-	// lease it believes expired, one after the other.
+	for i := range c.run.Records {
+		r := &c.run.Records[i]
+		if r.Acq == 0 || r.Token != rv.Token {
+			continue
+		}
+		for _, t := range r.Renewed {
+			if t <= rv.By {
+				rv.Renewed = max(rv.Renewed, t)
+			}
+		}
+		rv.Holder = describeHold(r)
+	}
+
+	from, to := rv.Fault.Start-int64(time.Second), rv.By+int64(time.Second)
+	if rv.After != 0 {
+		from = min(from, rv.After-int64(time.Second))
+	}
+	for _, l := range c.run.Logs {
+		if l.At >= from && l.At <= to {
+			rv.Logs = append(rv.Logs, l)
+		}
+	}
+}
+
+// burst adds to rv the deletions in a row around k's: a stale leader
+// revokes every lease it believes expired, one after the other.
+func (c *checker) burst(rv *Revocation, k *lockKey) {
 	h := c.run.History
 	lo, hi := k.index, k.index
 	isDelete := func(i int) bool { return h[i].Delete && strings.HasPrefix(h[i].Key, c.run.LockPrefix) }
@@ -312,29 +379,6 @@ func (c *checker) describe(rv *Revocation, k *lockKey) {
 			}
 		}
 		rv.Burst = append(rv.Burst, b)
-	}
-
-	for i := range c.run.Records {
-		r := &c.run.Records[i]
-		if r.Acq == 0 || r.Token != rv.Token {
-			continue
-		}
-		for _, t := range r.Renewed {
-			if t <= rv.By {
-				rv.Renewed = max(rv.Renewed, t)
-			}
-		}
-		rv.Holder = describeHold(r)
-	}
-
-	from, to := rv.Fault.Start-int64(time.Second), rv.By+int64(time.Second)
-	if rv.After != 0 {
-		from = min(from, rv.After-int64(time.Second))
-	}
-	for _, l := range c.run.Logs {
-		if l.At >= from && l.At <= to {
-			rv.Logs = append(rv.Logs, l)
-		}
 	}
 }
 

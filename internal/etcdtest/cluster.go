@@ -1,10 +1,12 @@
 // Package etcdtest runs real etcd clusters, and proxies in front of them, for
-// microlock's tests. Nothing is mocked: members are etcd processes built from
-// the tools module (see EtcdBinary), partitions are made by proxies that
-// swallow bytes, and hangs by SIGSTOP.
+// microlock's tests and for the command-line tool's demo. Nothing is mocked:
+// members are etcd processes built from the tools module (see EtcdBinary) or
+// the binary given WithBinary, partitions are made by proxies that swallow
+// bytes, and hangs by SIGSTOP.
 //
 // Everything a test starts here is torn down at tb.Cleanup, processes and
-// goroutines alike, so tests can use goleak.VerifyTestMain.
+// goroutines alike, so tests can use goleak.VerifyTestMain; a program that
+// uses Launch or LaunchContext calls Stop.
 package etcdtest
 
 import (
@@ -48,11 +50,16 @@ type Cluster struct {
 type Option func(*config)
 
 type config struct {
+	bin         string // the etcd server binary; EtcdBinary's when empty
 	peerProxies bool
 	args        []string
 	dataDir     string
 	tls         *ClientTLS
 }
+
+// WithBinary runs the etcd server binary at path instead of EtcdBinary's,
+// which is built from the repository's tools module.
+func WithBinary(path string) Option { return func(c *config) { c.bin = path } }
 
 // WithPeerProxies puts a proxy in front of every member's peer listener so
 // that Isolate can partition members. It needs plain-HTTP peer traffic: the
@@ -124,6 +131,12 @@ func Start(tb testing.TB, size int, opts ...Option) *Cluster {
 // Launch is Start for a TestMain, which has no testing.TB: the caller must
 // call Stop. Examples use a cluster launched this way.
 func Launch(size int, opts ...Option) (*Cluster, error) {
+	return LaunchContext(context.Background(), size, opts...)
+}
+
+// LaunchContext is Launch that gives up when ctx is done, for a program
+// that a signal may interrupt while etcd starts.
+func LaunchContext(ctx context.Context, size int, opts ...Option) (*Cluster, error) {
 	if size < 1 {
 		return nil, fmt.Errorf("cluster size %d, want at least 1", size)
 	}
@@ -131,13 +144,16 @@ func Launch(size int, opts ...Option) (*Cluster, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	bin, err := EtcdBinary()
-	if err != nil {
-		return nil, err
+	bin := cfg.bin
+	if bin == "" {
+		var err error
+		if bin, err = EtcdBinary(); err != nil {
+			return nil, err
+		}
 	}
 	for attempt := 1; ; attempt++ {
 		c := &Cluster{cfg: cfg, bin: bin, isolated: make(map[*Member]bool)}
-		err := c.launch(size)
+		err := c.launch(ctx, size)
 		if err == nil {
 			return c, nil
 		}
@@ -150,72 +166,18 @@ func Launch(size int, opts ...Option) (*Cluster, error) {
 	}
 }
 
-// launch starts the processes of a new cluster and waits until they serve.
-// On error, the caller must still call stop.
-func (c *Cluster) launch(size int) error {
+// launch starts the processes of a new cluster and waits until they serve,
+// or until ctx is done. On error, the caller must still call stop.
+func (c *Cluster) launch(ctx context.Context, size int) error {
 	dir, err := makeDataDir(c.cfg.dataDir)
 	if err != nil {
 		return err
 	}
 	c.dir = dir
 
-	ports, err := freePorts(2 * size)
-	if err != nil {
+	if err := c.addMembers(size); err != nil {
 		return err
 	}
-	scheme := "http"
-	if c.cfg.tls != nil {
-		scheme = "https"
-	}
-	var initial []string
-	for i := range size {
-		name := fmt.Sprintf("m%d", i)
-		m := &Member{
-			Name:      name,
-			ClientURL: scheme + "://127.0.0.1:" + ports[2*i],
-			c:         c,
-			peerURL:   "http://127.0.0.1:" + ports[2*i+1],
-			logPath:   filepath.Join(dir, name+".log"),
-		}
-		c.Members = append(c.Members, m)
-		advertised := m.peerURL
-		if c.cfg.peerProxies {
-			if m.peer, err = newPeerProxy("127.0.0.1:" + ports[2*i+1]); err != nil {
-				return err
-			}
-			advertised = "http://" + m.peer.Addr()
-		}
-		m.args = []string{
-			"--name", name,
-			"--data-dir", filepath.Join(dir, name+".data"),
-			"--listen-client-urls", m.ClientURL,
-			"--advertise-client-urls", m.ClientURL,
-			"--listen-peer-urls", m.peerURL,
-			"--initial-advertise-peer-urls", advertised,
-		}
-		if t := c.cfg.tls; t != nil {
-			m.args = append(m.args, "--cert-file", t.CertFile, "--key-file", t.KeyFile)
-			if t.ClientCAFile != "" {
-				m.args = append(m.args, "--client-cert-auth", "--trusted-ca-file", t.ClientCAFile)
-			}
-		}
-		initial = append(initial, name+"="+advertised)
-	}
-	for _, m := range c.Members {
-		m.args = append(m.args,
-			"--initial-cluster", strings.Join(initial, ","),
-			"--initial-cluster-state", "new",
-			"--initial-cluster-token", filepath.Base(dir), // unique, so strays cannot join
-			"--heartbeat-interval", "100",
-			"--election-timeout", "1000",
-			"--log-level", "warn",
-			// Tests kill processes, not machines: written data is in the
-			// page cache either way, and fsync only costs time.
-			"--unsafe-no-fsync",
-		)
-		m.args = append(m.args, c.cfg.args...)
-	}
-
 	for _, m := range c.Members {
 		m.mu.Lock()
 		err := m.startLocked()
@@ -224,7 +186,7 @@ func (c *Cluster) launch(size int) error {
 			return err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	for _, m := range c.Members {
 		if err := m.waitServing(ctx, m.proc, true); err != nil {
@@ -235,6 +197,11 @@ func (c *Cluster) launch(size int) error {
 	if c.cli, err = newClient(c.cfg.clientTLS(), c.Endpoints()...); err != nil {
 		return err
 	}
+	return c.readMemberIDs(ctx)
+}
+
+// readMemberIDs learns each member's ID from the member list.
+func (c *Cluster) readMemberIDs(ctx context.Context) error {
 	resp, err := c.cli.MemberList(ctx)
 	if err != nil {
 		return fmt.Errorf("listing members: %v", err)
@@ -250,6 +217,78 @@ func (c *Cluster) launch(size int) error {
 		}
 	}
 	return nil
+}
+
+// addMembers makes the cluster's size members, on free ports, with their
+// flags, and their peer proxies WithPeerProxies; it starts no process.
+func (c *Cluster) addMembers(size int) error {
+	ports, err := freePorts(2 * size)
+	if err != nil {
+		return err
+	}
+	var initial []string
+	for i := range size {
+		m, advertised, err := c.newMember(fmt.Sprintf("m%d", i), ports[2*i], ports[2*i+1])
+		if err != nil {
+			return err
+		}
+		c.Members = append(c.Members, m)
+		initial = append(initial, m.Name+"="+advertised)
+	}
+	for _, m := range c.Members {
+		m.args = append(m.args,
+			"--initial-cluster", strings.Join(initial, ","),
+			"--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(c.dir), // unique, so strays cannot join
+			"--heartbeat-interval", "100",
+			"--election-timeout", "1000",
+			"--log-level", "warn",
+			// Tests kill processes, not machines: written data is in the
+			// page cache either way, and fsync only costs time.
+			"--unsafe-no-fsync",
+		)
+		m.args = append(m.args, c.cfg.args...)
+	}
+	return nil
+}
+
+// newMember makes the member name, listening for clients on clientPort and
+// for peers on peerPort, with its own flags, and returns the peer URL it
+// advertises: its peer proxy's WithPeerProxies.
+func (c *Cluster) newMember(name, clientPort, peerPort string) (m *Member, advertised string, err error) {
+	scheme := "http"
+	if c.cfg.tls != nil {
+		scheme = "https"
+	}
+	m = &Member{
+		Name:      name,
+		ClientURL: scheme + "://127.0.0.1:" + clientPort,
+		c:         c,
+		peerURL:   "http://127.0.0.1:" + peerPort,
+		logPath:   filepath.Join(c.dir, name+".log"),
+	}
+	advertised = m.peerURL
+	if c.cfg.peerProxies {
+		if m.peer, err = newPeerProxy("127.0.0.1:" + peerPort); err != nil {
+			return nil, "", err
+		}
+		advertised = "http://" + m.peer.Addr()
+	}
+	m.args = []string{
+		"--name", name,
+		"--data-dir", filepath.Join(c.dir, name+".data"),
+		"--listen-client-urls", m.ClientURL,
+		"--advertise-client-urls", m.ClientURL,
+		"--listen-peer-urls", m.peerURL,
+		"--initial-advertise-peer-urls", advertised,
+	}
+	if t := c.cfg.tls; t != nil {
+		m.args = append(m.args, "--cert-file", t.CertFile, "--key-file", t.KeyFile)
+		if t.ClientCAFile != "" {
+			m.args = append(m.args, "--client-cert-auth", "--trusted-ca-file", t.ClientCAFile)
+		}
+	}
+	return m, advertised, nil
 }
 
 // Stop kills every member, closes the proxies and the harness's clients and
@@ -281,6 +320,10 @@ func (c *Cluster) member(name string) *Member {
 	}
 	return nil
 }
+
+// Dir returns the directory of the members' data and logs, which Stop
+// removes.
+func (c *Cluster) Dir() string { return c.dir }
 
 // Endpoints returns the direct client URLs of all members, in member order.
 func (c *Cluster) Endpoints() []string {

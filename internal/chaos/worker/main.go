@@ -40,22 +40,8 @@ const writeTimeout = 5 * time.Second
 func main() { os.Exit(run()) }
 
 func run() int {
-	var (
-		node      = flag.String("node", "", "node ID, stored in the lock and in the counter")
-		endpoints = flag.String("endpoints", "", "comma-separated etcd endpoints (the worker's proxies)")
-		members   = flag.String("members", "", "comma-separated names of the members behind the endpoints, in the same order")
-		key       = flag.String("key", "chaos/register", "lock key")
-		counter   = flag.String("counter", "chaos/counter", "counter key")
-		variant   = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner), semaphore or shared (see chaos.Semaphore)")
-		ttl       = flag.Duration("ttl", 2*time.Second, "lock TTL")
-		out       = flag.String("out", "", "file to append records to")
-		seed      = flag.Uint64("seed", 1, "seed for the pause inside the read-modify-write")
-		minWait   = flag.Duration("min-wait", 5*time.Millisecond, "shortest pause between the read and the write")
-		maxWait   = flag.Duration("max-wait", 15*time.Millisecond, "longest pause between the read and the write")
-	)
-	flag.Parse()
-	v := chaos.Variant(*variant)
-	if *node == "" || *endpoints == "" || *out == "" || (v != chaos.Plain && v != chaos.Fenced && !v.Admission()) || *maxWait < *minWait {
+	w, out, members, endpoints, ok := parseFlags()
+	if !ok {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker: need -node, -endpoints, -out, a valid -variant and -min-wait <= -max-wait")
 		return 2
 	}
@@ -67,15 +53,16 @@ func run() int {
 		cancel()
 	}()
 
-	eps := strings.Split(*endpoints, ",")
-	names := make(map[string]string) // endpoint address → member name
-	for i, name := range strings.Split(*members, ",") {
+	eps := strings.Split(endpoints, ",")
+	w.names = make(map[string]string) // endpoint address → member name
+	for i, name := range strings.Split(members, ",") {
 		if i < len(eps) {
-			names[strings.TrimPrefix(eps[i], "http://")] = name
+			w.names[strings.TrimPrefix(eps[i], "http://")] = name
 		}
 	}
-	ops := &opLog{prefix: *key + "/", names: names}
-	cli, err := clientv3.New(clientv3.Config{
+	ops := &opLog{prefix: w.key + "/", names: w.names}
+	var err error
+	w.cli, err = clientv3.New(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
@@ -88,17 +75,43 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
 		return 1
 	}
-	defer cli.Close()
-	f, err := os.OpenFile(*out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	defer w.cli.Close()
+	f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
 		return 1
 	}
 	defer f.Close()
+	if err := w.loop(ctx, ops, f); err != nil {
+		fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
+		return 1
+	}
+	return 0
+}
 
-	w := &worker{
-		cli:     cli,
-		names:   names,
+// parseFlags reads the command line into a worker, without its client, and
+// the records file, member names and endpoints. It reports false for a
+// command line the worker cannot run with.
+func parseFlags() (w *worker, out, members, endpoints string, ok bool) {
+	var (
+		node    = flag.String("node", "", "node ID, stored in the lock and in the counter")
+		eps     = flag.String("endpoints", "", "comma-separated etcd endpoints (the worker's proxies)")
+		names   = flag.String("members", "", "comma-separated names of the members behind the endpoints, in the same order")
+		key     = flag.String("key", "chaos/register", "lock key")
+		counter = flag.String("counter", "chaos/counter", "counter key")
+		variant = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner), semaphore or shared (see chaos.Semaphore)")
+		ttl     = flag.Duration("ttl", 2*time.Second, "lock TTL")
+		records = flag.String("out", "", "file to append records to")
+		seed    = flag.Uint64("seed", 1, "seed for the pause inside the read-modify-write")
+		minWait = flag.Duration("min-wait", 5*time.Millisecond, "shortest pause between the read and the write")
+		maxWait = flag.Duration("max-wait", 15*time.Millisecond, "longest pause between the read and the write")
+	)
+	flag.Parse()
+	v := chaos.Variant(*variant)
+	if *node == "" || *eps == "" || *records == "" || (v != chaos.Plain && v != chaos.Fenced && !v.Admission()) || *maxWait < *minWait {
+		return nil, "", "", "", false
+	}
+	w = &worker{
 		node:    *node,
 		key:     *key,
 		counter: *counter,
@@ -108,14 +121,19 @@ func run() int {
 		minWait: *minWait,
 		maxWait: *maxWait,
 	}
+	return w, *records, *names, *eps, true
+}
+
+// loop calls WithLock again and again until ctx ends, and appends a record
+// of each call, with the requests it made, to f.
+func (w *worker) loop(ctx context.Context, ops *opLog, f *os.File) error {
 	for seq := int64(1); ctx.Err() == nil; seq++ {
 		rec := w.call(ctx, seq)
 		rec.Ops = ops.drain()
 		line, _ := json.Marshal(rec) // a Record always encodes
 		// One write per line: a worker killed mid-way leaves whole lines.
 		if _, err := f.Write(append(line, '\n')); err != nil {
-			fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
-			return 1
+			return err
 		}
 		if rec.Acq == 0 && ctx.Err() == nil {
 			// No hold: an error that WithLock does not retry. Do not spin.
@@ -125,7 +143,7 @@ func run() int {
 			}
 		}
 	}
-	return 0
+	return nil
 }
 
 type worker struct {
@@ -246,40 +264,13 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 	next := chaos.Value{N: cur.N + 1, Node: w.node, Seq: rec.Seq, Token: token}
 	val, _ := json.Marshal(next) // a Value always encodes
 	rec.Written = next.N
-	wctx := ctx
-	if w.variant == chaos.Fenced {
-		wctx = context.WithoutCancel(ctx)
-	}
-	wctx, cancel := context.WithTimeout(wctx, writeTimeout)
-	defer cancel()
-	via := &peer.Peer{}
-	wctx = context.WithValue(wctx, peerKey{}, via)
-	rec.WriteStart = chaos.Now()
-	var rev int64
-	acked := true
-	switch w.variant {
-	case chaos.Plain:
-		var r *clientv3.PutResponse
-		if r, err = w.cli.Put(wctx, w.counter, string(val)); err == nil {
-			rev = r.Header.Revision
-		}
-	case chaos.Fenced:
-		var r *clientv3.TxnResponse
-		r, err = w.cli.Txn(wctx).If(guard).Then(clientv3.OpPut(w.counter, string(val))).Commit()
-		if err == nil {
-			rev, acked = r.Header.Revision, r.Succeeded
-		}
-	}
-	rec.WriteEnd = chaos.Now()
+	rev, acked, err := w.write(ctx, rec, guard, string(val))
 	if errors.Is(err, context.Canceled) && errors.Is(context.Cause(ctx), microlock.ErrLockLost) {
 		// The write ended because the loss signal cancelled its context:
 		// the signal came before WriteEnd. The AfterFunc and the Lost hook
 		// that note it run on goroutines of their own and may note it
 		// after this, so WriteEnd is the earliest sighting.
 		*lostSeen = rec.WriteEnd
-	}
-	if via.Addr != nil {
-		rec.WriteVia = w.names[via.Addr.String()]
 	}
 	switch {
 	case err != nil:
@@ -290,6 +281,40 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 		rec.Write, rec.WriteRev = chaos.WriteOK, rev
 	}
 	return nil
+}
+
+// write writes val to the counter, unguarded (plain) or guarded by guard
+// (fenced), and notes in rec when the write was sent and answered and which
+// member it went to. acked is false if the guard refused it.
+func (w *worker) write(ctx context.Context, rec *chaos.Record, guard clientv3.Cmp, val string) (rev int64, acked bool, err error) {
+	wctx := ctx
+	if w.variant == chaos.Fenced {
+		wctx = context.WithoutCancel(ctx)
+	}
+	wctx, cancel := context.WithTimeout(wctx, writeTimeout)
+	defer cancel()
+	via := &peer.Peer{}
+	wctx = context.WithValue(wctx, peerKey{}, via)
+	rec.WriteStart = chaos.Now()
+	acked = true
+	switch w.variant {
+	case chaos.Plain:
+		var r *clientv3.PutResponse
+		if r, err = w.cli.Put(wctx, w.counter, val); err == nil {
+			rev = r.Header.Revision
+		}
+	case chaos.Fenced:
+		var r *clientv3.TxnResponse
+		r, err = w.cli.Txn(wctx).If(guard).Then(clientv3.OpPut(w.counter, val)).Commit()
+		if err == nil {
+			rev, acked = r.Header.Revision, r.Succeeded
+		}
+	}
+	rec.WriteEnd = chaos.Now()
+	if via.Addr != nil {
+		rec.WriteVia = w.names[via.Addr.String()]
+	}
+	return rev, acked, err
 }
 
 type peerKey struct{}

@@ -67,8 +67,22 @@ func (l *opLog) unary(ctx context.Context, method string, req, reply any, cc *gr
 	p := &peer.Peer{}
 	sent := chaos.Now()
 	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(p))...)
-	var hdr *pb.ResponseHeader
-	var ops []chaos.Op
+	ops, hdr := l.unaryOps(method, req, reply, err)
+	for i := range ops {
+		ops[i].Sent = sent
+		if err != nil {
+			ops[i].Err = err.Error()
+		} else {
+			l.answered(&ops[i], hdr, p)
+		}
+		l.add(ops[i])
+	}
+	return err
+}
+
+// unaryOps returns the ops that a call of method with req made, and the
+// header of its reply, which err says whether it came.
+func (l *opLog) unaryOps(method string, req, reply any, err error) (ops []chaos.Op, hdr *pb.ResponseHeader) {
 	switch method {
 	case pb.Lease_LeaseGrant_FullMethodName:
 		// Only an answer names the lease.
@@ -113,16 +127,7 @@ func (l *opLog) unary(ctx context.Context, method string, req, reply any, cc *gr
 			ops = append(l.txn(r.Success), l.txn(r.Failure)...)
 		}
 	}
-	for i := range ops {
-		ops[i].Sent = sent
-		if err != nil {
-			ops[i].Err = err.Error()
-		} else {
-			l.answered(&ops[i], hdr, p)
-		}
-		l.add(ops[i])
-	}
-	return err
+	return ops, hdr
 }
 
 func (l *opLog) put(r *pb.PutRequest) []chaos.Op {

@@ -166,12 +166,36 @@ func (t *table) ratio(e est) string {
 	return fmt.Sprintf("%s× [%s, %s]", factor(e.v), factor(e.lo), factor(e.hi))
 }
 
+// The benchmarks the rows are read from.
+const (
+	sideBySideCycle   = "BenchmarkSideBySide/cycle"
+	sideBySideTryLock = "BenchmarkSideBySide/trylock"
+)
+
+// build makes the table's rows, one section after another.
 func (t *table) build() {
-	const cyc, try = "BenchmarkSideBySide/cycle", "BenchmarkSideBySide/trylock"
+	t.floors()
+	mu := t.uncontended()
+	t.allocations()
+	t.hotKey()
+	t.tryLock()
+	t.contention(mu)
+	t.independentKeys()
+	t.auth()
+	t.held()
+}
+
+// floors: the requests that a lock cycle needs, each measured alone.
+func (t *table) floors() {
 	t.add(row{measure: "Floor, alone: put-if-absent Txn + Delete (µs)", floor: num(t.us(floorTxnDelete))})
 	t.add(row{measure: "Floor, alone: one write Txn (µs)", floor: num(t.us(floorTxn))})
 	t.add(row{measure: "Floor, alone: one linearizable Get (µs)", floor: num(t.us(floorGet))})
+}
 
+// uncontended: a lock cycle with no one else after the lock, in turn with
+// etcd's and the floor. It returns the Mutex cycle's time, for contention.
+func (t *table) uncontended() est {
+	const cyc = sideBySideCycle
 	// Uncontended cycle, from the benchmark that runs them in turn.
 	floor := t.est(cyc, "floor-us")
 	wl, mu := t.est(cyc, "WithLock-us"), t.est(cyc, "Mutex-us")
@@ -185,6 +209,11 @@ func (t *table) build() {
 	t.add(row{measure: "… microlock's two requests sent by hand ÷ floor", microlock: num(rq.v), floor: num(floor.v), ratio: t.ratio(rq.div(floor))})
 	t.add(row{measure: "Uncontended cycle alone (µs): WithLock; etcd: Session reused", microlock: num(t.us(cycleWithLock)), etcd: num(t.us(cycleSession)), floor: num(t.us(floorTxnDelete))})
 	t.add(row{measure: "Uncontended cycle alone (µs): Mutex; etcd: new Session per cycle", microlock: num(t.us(cycleMutex)), etcd: num(t.us(cycleNewSess)), floor: num(t.us(floorTxnDelete))})
+	return mu
+}
+
+// allocations: allocations per cycle, and whether they grow.
+func (t *table) allocations() {
 	for _, c := range []struct{ what, ml, etcd string }{
 		{"WithLock; etcd: Session reused", cycleWithLock, cycleSession},
 		{"Mutex; etcd: new Session per cycle", cycleMutex, cycleNewSess},
@@ -197,7 +226,7 @@ func (t *table) build() {
 		})
 	}
 	growth := func(name string) est { return t.est(name, "late-allocs/op").div(t.est(name, "early-allocs/op")) }
-	g = atMost(1.05, "")
+	g := atMost(1.05, "")
 	for _, c := range []struct{ what, ml, etcd string }{
 		{"WithLock; etcd: Session reused", cycleWithLock, cycleSession},
 		{"Mutex; etcd: new Session per cycle", cycleMutex, cycleNewSess},
@@ -213,10 +242,14 @@ func (t *table) build() {
 			etcd:      num(t.val(c.etcd, "late-heap-B/op")) + ", " + num(t.val(c.etcd, "late-goroutines/op")),
 		})
 	}
+}
+
+// hotKey: whether a cycle slows down as one key is locked again and again.
+func (t *table) hotKey() {
 	const gr = "BenchmarkGrowth"
 	gm := t.est(gr, "microlock-last-us").div(t.est(gr, "microlock-first-us"))
 	ge := t.est(gr, "etcd-last-us").div(t.est(gr, "etcd-first-us"))
-	g = atMost(1.10, "")
+	g := atMost(1.10, "")
 	t.add(row{
 		measure:   fmt.Sprintf("Hot key: cycle time, last ÷ first tenth of %s cycles (µs)", num(t.val(gr, "cycles"))),
 		microlock: num(t.val(gr, "microlock-last-us")) + " ÷ " + num(t.val(gr, "microlock-first-us")),
@@ -228,13 +261,21 @@ func (t *table) build() {
 		measure: "… microlock's growth ÷ etcd's (etcd's key never changes: the control)",
 		ratio:   t.ratio(rg), target: g.text + " (no growth)", result: g.judge(rg.v),
 	})
+}
 
+// tryLock: TryLock on a held key.
+func (t *table) tryLock() {
+	const try = sideBySideTryLock
 	// TryLock failure, in turn with etcd's and a one-Txn floor.
 	tm, te := t.est(try, "microlock-us"), t.est(try, "etcd-us")
-	g = atMost(0.6, " etcd")
+	g := atMost(0.6, " etcd")
 	t.add(row{"TryLock on a held key in turn (µs); floor: one write Txn", num(tm.v), num(te.v), num(t.val(try, "txn-us")), t.ratio(tm.div(te)), g.text, g.judge(tm.div(te).v)})
 	t.add(row{measure: "TryLock on a held key alone (µs); floor: one write Txn", microlock: num(t.us(tryMicrolock)), etcd: num(t.us(tryEtcd)), floor: num(t.us(floorTxn))})
+}
 
+// contention: handoffs between C contenders on one key; mu is the
+// uncontended Mutex cycle's time.
+func (t *table) contention(mu est) {
 	// Contention. The two-request floor of a handoff: the holder's release
 	// (one write Txn) and the next holder learning that it holds the lock
 	// (a linearizable Get's round trip), both measured alone in this run.
@@ -264,7 +305,10 @@ func (t *table) build() {
 	}
 	c8, own := t.est(contention(8, "microlock"), "handoffs/s"), mu.over(1e6)
 	t.add(row{measure: "C=8 handoffs/s ÷ uncontended Mutex cycles/s (in turn)", microlock: num(c8.v) + " ÷ " + num(own.v), ratio: t.ratio(c8.div(own))})
+}
 
+// independentKeys: K keys locked at once on one client.
+func (t *table) independentKeys() {
 	// Independent keys.
 	for _, k := range []int{16, 256} {
 		km, ke := t.est(keys(k), "microlock-cycles/s"), t.est(keys(k), "etcd-cycles/s")
@@ -279,7 +323,10 @@ func (t *table) build() {
 		sm, se := t.est(keys(k), "microlock-etcd-cpu-us/cycle"), t.est(keys(k), "etcd-etcd-cpu-us/cycle")
 		t.add(row{measure: "… etcd server CPU per cycle (µs)", microlock: num(sm.v), etcd: num(se.v), ratio: t.ratio(sm.div(se))})
 	}
+}
 
+// auth: the cost of password authentication.
+func (t *table) auth() {
 	// Authentication: microlock with a password user ÷ without, each on an
 	// etcd of its own. For reference: no target.
 	for _, a := range []struct{ what, name, per string }{
@@ -299,7 +346,10 @@ func (t *table) build() {
 		measure:   "… Authenticate calls per handoff; etcd CPU per handoff, on ÷ off (µs)",
 		microlock: num(t.val(authC2("auth"), "authenticate/op")) + "; " + num(t.val(authC2("auth"), "etcd-cpu-us/op")) + " ÷ " + num(t.val(authC2("noauth"), "etcd-cpu-us/op")),
 	})
+}
 
+// held: many locks held at once.
+func (t *table) held() {
 	// Held locks.
 	const few, many = 1000, 10000
 	kaFew, kaMany := t.est(held(few, "microlock"), "keepalives/s"), t.est(held(many, "microlock"), "keepalives/s")
@@ -351,6 +401,13 @@ func (t *table) build() {
 func render(w io.Writer, r *results) {
 	t := &table{r: r}
 	t.build()
+	t.writeHeader(w)
+	t.writeRows(w)
+}
+
+// writeHeader writes what the table was measured on and how to read it.
+func (t *table) writeHeader(w io.Writer) {
+	r := t.r
 	fmt.Fprintf(w, "microlock vs etcd concurrency.Mutex vs raw etcd\n")
 	for _, k := range []string{"cpu", "goos", "goarch", "etcd"} {
 		if v := r.header[k]; v != "" {
@@ -371,7 +428,11 @@ func render(w io.Writer, r *results) {
 		fmt.Fprintln(w, ".")
 	}
 	fmt.Fprintln(w)
+}
 
+// writeRows writes the rows in Markdown, aligned, and the count of targets
+// met and missed.
+func (t *table) writeRows(w io.Writer) {
 	head := row{"Measure", "microlock", "etcd", "floor", "ratio", "target", "result"}
 	all := append([]row{head}, t.rows...)
 	width := make([]int, 7)
