@@ -58,8 +58,9 @@ func (l *lease) expire() {
 		l.mu.Unlock()
 		return
 	}
+	reason, cause := l.expiryReasonLocked()
 	l.mu.Unlock()
-	holds := l.end("no renewal was acknowledged in time", nil)
+	holds := l.end(reason, cause)
 	l.mu.Lock()
 	l.expired = holds
 	l.mu.Unlock()
@@ -71,6 +72,9 @@ func (l *lease) expire() {
 func (l *lease) extend(t0 time.Time, ttl time.Duration) {
 	d := lossDeadline(t0, ttl)
 	l.mu.Lock()
+	if !l.cap.IsZero() && d.After(l.cap) {
+		d = l.cap // WithMaxHold
+	}
 	if !l.ended && d.After(l.deadline) {
 		l.deadline = d
 		l.armLocked()

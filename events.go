@@ -69,10 +69,11 @@ type Event struct {
 // concurrency.Mutex or etcdctl lock. It reads the current state before it
 // returns (an error here means etcd could not be read), then sends it first
 // on the channel (Locked with holder and token, or Unlocked), then one event
-// per change of holder. Holds shorter than one etcd watch response may be
+// per change of holder or of its value. Holds shorter than one etcd watch response may be
 // reported together as the last one. Watch survives etcd restarts, lost
 // connections and compacted revisions by reading the state again, reporting
-// only real changes. The channel is closed after ctx is done: receive until
+// only real changes. A holder that changes its value (Proclaim) is
+// reported again, with the same token and the new Holder. The channel is closed after ctx is done: receive until
 // then, or the goroutine that feeds it waits.
 func Watch(ctx context.Context, client *clientv3.Client, key string) (<-chan Event, error) {
 	switch {
@@ -143,7 +144,8 @@ func (w *watcher) state() Event {
 // reports false when ctx ended.
 func (w *watcher) send(ctx context.Context, ch chan<- Event) bool {
 	ev := w.state()
-	if w.sent != nil && w.sent.Type == ev.Type && w.sent.Token == ev.Token {
+	// A new value of the same holder (Proclaim) is a change too.
+	if w.sent != nil && w.sent.Type == ev.Type && w.sent.Token == ev.Token && w.sent.Holder == ev.Holder {
 		return true
 	}
 	select {

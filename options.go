@@ -45,7 +45,8 @@ type options struct {
 	newBackoff func() backoff.BackOff
 	hook       func(Event)
 	noWait     bool
-	errs       []error // collected while applying, reported by validate
+	maxHold    time.Duration // 0: none
+	errs       []error       // collected while applying, reported by validate
 }
 
 // WithTTL sets the lease TTL. etcd grants whole seconds: ttl is rounded up to
