@@ -98,7 +98,7 @@ func (m *Mutex) term(ctx context.Context, fn func(ctx context.Context) error) (l
 	}
 	h := m.last()
 	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
-	h.link(cancel) // ends with fn: no need to unlink
+	h.link(cancel)     // ends with fn: no need to unlink
 	fnErr := fn(fnCtx) // a panic goes on up; Lead's deferred Close resigns
 	cancel(context.Canceled)
 	lost = h.lostCause()
