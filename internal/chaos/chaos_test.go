@@ -25,7 +25,29 @@ const (
 	envSeed    = "MICROLOCK_CHAOS_SEED"   // the full profile's seed; default: the time
 	envLength  = "MICROLOCK_CHAOS_LENGTH" // the full profile's length per variant; default fullLength
 	envReport  = "MICROLOCK_CHAOS_REPORT" // file for the table; default: the test's artifact directory
+	// envVariants selects variants to run, comma-separated (plain, fenced,
+	// leader); default: all.
+	envVariants = "MICROLOCK_CHAOS_VARIANTS"
 )
+
+// variants returns the variants to run.
+func variants(t *testing.T) []chaos.Variant {
+	t.Helper()
+	all := []chaos.Variant{chaos.Plain, chaos.Fenced, chaos.Leader}
+	s := os.Getenv(envVariants)
+	if s == "" {
+		return all
+	}
+	var out []chaos.Variant
+	for _, name := range strings.Split(s, ",") {
+		v := chaos.Variant(strings.TrimSpace(name))
+		if !slices.Contains(all, v) {
+			t.Fatalf("%s=%q: unknown variant %q; want some of %v", envVariants, s, v, all)
+		}
+		out = append(out, v)
+	}
+	return out
+}
 
 // fullLength is the full profile's planned fault time per variant.
 const fullLength = 5 * time.Minute
@@ -75,7 +97,7 @@ func TestChaos(t *testing.T) {
 
 	var results []*chaos.Result
 	version := "?"
-	for _, v := range []chaos.Variant{chaos.Plain, chaos.Fenced} {
+	for _, v := range variants(t) {
 		t.Run(string(v), func(t *testing.T) {
 			res, ver := runVariant(t, bin, p, v)
 			results, version = append(results, res), ver

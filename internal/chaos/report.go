@@ -84,6 +84,13 @@ func Report(p Profile, etcdVersion string, results []*Result, perCheck int) stri
 	})
 	row("fault → loss signal: median / p99 / max", func(r *Result) string { return dist(all(r.ToLoss)) })
 	row("fault → next acquisition: median / p99 / max", func(r *Result) string { return dist(all(r.ToAcquire)) })
+	row("leader: terms / lost / re-campaigned", func(r *Result) string {
+		if r.Variant != Leader {
+			return "-"
+		}
+		return fmt.Sprintf("%d / %d / %d", r.Terms, r.TermsLost, r.TermsRecampaigned)
+	})
+	row("leader: fault → next leader: median / p99 / max", func(r *Result) string { return dist(r.ToLeader) })
 	row("loss signal → takeover: min / median", func(r *Result) string {
 		if len(r.Margins) == 0 {
 			return "-"

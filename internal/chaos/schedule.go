@@ -70,6 +70,9 @@ func Schedule(p Profile, v Variant) []Step {
 	}
 	for range p.Rounds {
 		kinds := Kinds()
+		if v == Leader {
+			kinds = leaderShortKinds()
+		}
 		rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 		for _, k := range kinds {
 			steps = append(steps, step(k))
@@ -97,4 +100,12 @@ func duration(rng *rand.Rand, k Kind, ttl time.Duration) time.Duration {
 
 func between(rng *rand.Rand, lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(rng.Int64N(int64(hi-lo)+1)).Round(time.Millisecond)
+}
+
+// leaderShortKinds are the faults of the leader variant's short profile:
+// those that depose a leader (its worker cut off or paused, the raft
+// leader killed under it), so that the variant adds about 30 s to go test.
+// Its full profile draws from every kind.
+func leaderShortKinds() []Kind {
+	return []Kind{WorkerPartition, WorkerPause, LeaderKill}
 }

@@ -1,5 +1,5 @@
 // Command worker is one process of microlock's fault-injection suite. It
-// loops WithLock on one key and, while it holds the lock, increments a
+// loops WithLock (or, in the leader variant, runs Lead) on one key and, while it holds the lock, increments a
 // counter in etcd with a deliberately non-atomic read-modify-write. It
 // writes one JSON line per WithLock call (see chaos.Record) and stops when
 // its standard input closes, which is how the suite stops it, and also what
@@ -46,7 +46,7 @@ func run() int {
 		members   = flag.String("members", "", "comma-separated names of the members behind the endpoints, in the same order")
 		key       = flag.String("key", "chaos/register", "lock key")
 		counter   = flag.String("counter", "chaos/counter", "counter key")
-		variant   = flag.String("variant", string(chaos.Plain), "plain (unguarded Put) or fenced (Txn guarded by IsOwner)")
+		variant   = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner) or leader (Lead, fenced writes)")
 		ttl       = flag.Duration("ttl", 2*time.Second, "lock TTL")
 		out       = flag.String("out", "", "file to append records to")
 		seed      = flag.Uint64("seed", 1, "seed for the pause inside the read-modify-write")
@@ -55,7 +55,7 @@ func run() int {
 	)
 	flag.Parse()
 	v := chaos.Variant(*variant)
-	if *node == "" || *endpoints == "" || *out == "" || (v != chaos.Plain && v != chaos.Fenced) || *maxWait < *minWait {
+	if *node == "" || *endpoints == "" || *out == "" || (v != chaos.Plain && v != chaos.Fenced && v != chaos.Leader) || *maxWait < *minWait {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker: need -node, -endpoints, -out, a valid -variant and -min-wait <= -max-wait")
 		return 2
 	}
@@ -108,12 +108,29 @@ func run() int {
 		minWait: *minWait,
 		maxWait: *maxWait,
 	}
-	for seq := int64(1); ctx.Err() == nil; seq++ {
-		rec := w.call(ctx, seq)
+	write := func(rec chaos.Record) error {
 		rec.Ops = ops.drain()
 		line, _ := json.Marshal(rec) // a Record always encodes
 		// One write per line: a worker killed mid-way leaves whole lines.
-		if _, err := f.Write(append(line, '\n')); err != nil {
+		_, err := f.Write(append(line, '\n'))
+		return err
+	}
+	if v == chaos.Leader {
+		var werr error
+		err := w.lead(ctx, func(rec chaos.Record) {
+			if err := write(rec); err != nil && werr == nil {
+				werr = err
+			}
+		})
+		if err = errors.Join(err, werr); err != nil {
+			fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
+			return 1
+		}
+		return 0
+	}
+	for seq := int64(1); ctx.Err() == nil; seq++ {
+		rec := w.call(ctx, seq)
+		if err := write(rec); err != nil {
 			fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
 			return 1
 		}
@@ -239,7 +256,7 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 	val, _ := json.Marshal(next) // a Value always encodes
 	rec.Written = next.N
 	wctx := ctx
-	if w.variant == chaos.Fenced {
+	if w.variant != chaos.Plain {
 		wctx = context.WithoutCancel(ctx)
 	}
 	wctx, cancel := context.WithTimeout(wctx, writeTimeout)
@@ -255,7 +272,7 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 		if r, err = w.cli.Put(wctx, w.counter, string(val)); err == nil {
 			rev = r.Header.Revision
 		}
-	case chaos.Fenced:
+	case chaos.Fenced, chaos.Leader:
 		var r *clientv3.TxnResponse
 		r, err = w.cli.Txn(wctx).If(guard).Then(clientv3.OpPut(w.counter, string(val))).Commit()
 		if err == nil {

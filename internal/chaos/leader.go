@@ -1,0 +1,107 @@
+package chaos
+
+import (
+	"slices"
+	"time"
+)
+
+// The leader variant's own checks. Its workers run microlock.Lead: one
+// Record per term, its Call the moment the worker went back to the queue.
+const (
+	// CheckTermNoKey: a term started without its key: the term's token is
+	// not the create revision of a key of its own worker that became the
+	// oldest in the queue, or the read at the term's start found the key
+	// gone before any loss signal came (etcd issue #19597).
+	CheckTermNoKey = "term without a key"
+	// CheckRecampaign: a lost term after which the worker did not go back
+	// to the queue (no write of a new queue key) within TTL + LivenessSlack.
+	CheckRecampaign = "lost term not re-campaigned"
+)
+
+// What a leader's read of its own key at the start of a term found.
+const (
+	KeyHeld    = "held"
+	KeyMissing = "missing"
+	KeyUnknown = "unknown"
+)
+
+// leader runs the leader variant's checks and measures the time from each
+// fault that deposed a leader to the next leader.
+func (c *checker) leader() {
+	if c.run.Variant != Leader {
+		return
+	}
+	for i := range c.run.Records {
+		r := &c.run.Records[i]
+		if r.Acq == 0 {
+			continue
+		}
+		c.res.Terms++
+		c.termKey(r)
+		if r.Lost != 0 {
+			c.res.TermsLost++
+			c.recampaign(r)
+		}
+	}
+	c.toLeader()
+}
+
+// termKey checks that r's term had its key.
+func (c *checker) termKey(r *Record) {
+	k := c.keys[r.Token]
+	switch {
+	case k == nil || k.node != r.Node || k.head == 0:
+		c.add(CheckTermNoKey, r.Acq, 1, "", "%s#%d led with token %d, which is no queue key of its own that became the oldest",
+			r.Node, r.Seq, r.Token)
+	case r.KeyCheck == KeyMissing && (r.Lost == 0 || r.Lost > r.KeyChecked):
+		c.add(CheckTermNoKey, r.Acq, 1, c.pausedHolder(r), "%s#%d (token %d) found its key gone at the start of its term, with no loss signal before",
+			r.Node, r.Seq, r.Token)
+	}
+}
+
+// recampaign checks that the worker of a lost term wrote a new queue key
+// after the loss: Lead campaigned again.
+func (c *checker) recampaign(r *Record) {
+	limit := r.Lost + int64(c.run.TTL+LivenessSlack)
+	for _, op := range c.ops[r.Node] {
+		if op.Op == OpPut && op.Sent >= r.Lost {
+			c.res.TermsRecampaigned++
+			return
+		}
+	}
+	if limit >= c.run.End {
+		c.res.TermsLost-- // lost too near the end to tell
+		return
+	}
+	c.add(CheckRecampaign, r.Lost, 1, "", "%s#%d (token %d) lost its term and wrote no new queue key in the %v after",
+		r.Node, r.Seq, r.Token, c.run.TTL+LivenessSlack)
+}
+
+// toLeader measures, for each fault during which a term was lost, the time
+// from the fault to the first term that started after that loss.
+func (c *checker) toLeader() {
+	var lost, acqs []int64
+	for _, r := range c.run.Records {
+		if r.Lost != 0 && r.Acq != 0 {
+			lost = append(lost, r.Lost)
+		}
+		if r.Acq != 0 {
+			acqs = append(acqs, r.Acq)
+		}
+	}
+	slices.Sort(lost)
+	slices.Sort(acqs)
+	for i, f := range c.run.Faults {
+		end := c.run.End
+		if i+1 < len(c.run.Faults) {
+			end = c.run.Faults[i+1].Start
+		}
+		j, _ := slices.BinarySearch(lost, f.Start)
+		if j == len(lost) || lost[j] >= end {
+			continue // no leader was deposed
+		}
+		if k, _ := slices.BinarySearch(acqs, lost[j]+1); k < len(acqs) {
+			c.res.ToLeader = append(c.res.ToLeader, time.Duration(acqs[k]-f.Start))
+		}
+	}
+}
