@@ -102,6 +102,7 @@ func (w *worker) leadOn(fctx context.Context) {
 		cancel()
 		switch {
 		case err != nil:
+			pause(fctx, 50*time.Millisecond) // a refused connection fails at once
 			continue
 		case resp.Succeeded:
 			return
@@ -143,4 +144,13 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
