@@ -143,6 +143,24 @@ func TestCLIOverTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("insecure-skip-tls-verify", func(t *testing.T) {
+		// No --cacert: the server's certificate is not checked, and the
+		// client certificate still gets the connection past etcd.
+		args := []string{"holder", "--json", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
+			"--cert", s.client.CertFile, "--key", s.client.KeyFile, "--command-timeout", "5s", key}
+		stdout, stderr, code := runCLI(t, bin, args...)
+		var h cliHolder
+		if code != 0 || json.Unmarshal([]byte(stdout), &h) != nil || h.Locked {
+			t.Fatalf("holder --insecure-skip-tls-verify: exit %d, stdout %q, stderr %q; want a free key", code, stdout, stderr)
+		}
+		// Without a client certificate etcd refuses the connection.
+		stdout, stderr, code = runCLI(t, bin, "holder", "--endpoints", s.c.Endpoints()[0], "--insecure-skip-tls-verify",
+			"--command-timeout", "2s", key)
+		if code == 0 || !strings.HasPrefix(stderr, "microlock: ") || stdout != "" {
+			t.Fatalf("holder without a client certificate: exit %d, stdout %q, stderr %q; want a failure", code, stdout, stderr)
+		}
+	})
+
 	t.Run("foreign huge value", func(t *testing.T) {
 		cli := s.c.Client(t)
 		ctx := ctxTimeout(t, 10*time.Second)

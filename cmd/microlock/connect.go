@@ -5,12 +5,13 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"flag"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -36,7 +37,7 @@ func isConnFlag(name string) bool {
 	return false
 }
 
-func addConnFlags(fs *flag.FlagSet) *connFlags {
+func addConnFlags(fs *pflag.FlagSet) *connFlags {
 	c := &connFlags{endpoints: "127.0.0.1:2379", dialTimeout: 2 * time.Second, commandTimeout: 5 * time.Second}
 	fs.StringVar(&c.endpoints, "endpoints", c.endpoints, "comma-separated etcd `endpoints` (host:port, http://host:port or https://host:port)")
 	fs.Var(durationFlag{&c.dialTimeout}, "dial-timeout", "`time` allowed for authenticating (--user) when connecting; each request has --command-timeout")
@@ -52,20 +53,24 @@ func addConnFlags(fs *flag.FlagSet) *connFlags {
 
 // applyEnv sets, from ETCDCTL_<NAME> variables, the connection flags that
 // were not given on the command line, except those in skip.
-func (c *connFlags) applyEnv(fs *flag.FlagSet, getenv func(string) string, skip ...string) error {
+func (c *connFlags) applyEnv(fs *pflag.FlagSet, getenv func(string) string, skip ...string) error {
 	given := make(map[string]bool)
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.Visit(func(f *pflag.Flag) { given[f.Name] = true })
 	for _, s := range skip {
 		given[s] = true
 	}
 	var err error
-	fs.VisitAll(func(f *flag.Flag) {
+	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || !isConnFlag(f.Name) || given[f.Name] {
 			return
 		}
 		env := "ETCDCTL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v := getenv(env); v != "" {
 			if serr := fs.Set(f.Name, v); serr != nil {
+				// The value's own complaint: the variable names the flag.
+				if cause := errors.Unwrap(serr); cause != nil {
+					serr = cause
+				}
 				err = usageErrorf("%s: %s=%q: %v", fs.Name(), env, v, serr)
 			}
 		}
@@ -100,26 +105,9 @@ func (c *connFlags) config() (clientv3.Config, error) {
 		secure = secure || strings.HasPrefix(ep, "https://") || strings.HasPrefix(ep, "unixs://")
 	}
 	if secure {
-		t := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.insecureSkipVerify}
-		if c.cacert != "" {
-			pem, err := os.ReadFile(c.cacert)
-			if err != nil {
-				return cfg, fmt.Errorf("microlock: --cacert: %w", err)
-			}
-			t.RootCAs = x509.NewCertPool()
-			if !t.RootCAs.AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("microlock: --cacert %s: no PEM certificate in it", c.cacert)
-			}
-		}
-		if (c.cert == "") != (c.key == "") {
-			return cfg, usageErrorf("--cert and --key go together")
-		}
-		if c.cert != "" {
-			pair, err := tls.LoadX509KeyPair(c.cert, c.key)
-			if err != nil {
-				return cfg, fmt.Errorf("microlock: --cert/--key: %w", err)
-			}
-			t.Certificates = []tls.Certificate{pair}
+		t, err := c.tlsConfig()
+		if err != nil {
+			return cfg, err
 		}
 		cfg.TLS = t
 	}
@@ -138,6 +126,35 @@ func (c *connFlags) config() (clientv3.Config, error) {
 		cfg.Username, cfg.Password = name, pass
 	}
 	return cfg, nil
+}
+
+// tlsConfig is the TLS configuration of --cacert, --cert, --key and
+// --insecure-skip-tls-verify, built by the etcd client's own TLSInfo, as
+// etcdctl builds it. With none of them (an https:// endpoint alone) it
+// verifies the servers against the system's roots.
+func (c *connFlags) tlsConfig() (*tls.Config, error) {
+	if (c.cert == "") != (c.key == "") {
+		return nil, usageErrorf("--cert and --key go together")
+	}
+	info := transport.TLSInfo{
+		CertFile:           c.cert,
+		KeyFile:            c.key,
+		TrustedCAFile:      c.cacert,
+		InsecureSkipVerify: c.insecureSkipVerify,
+		Logger:             zap.NewNop(),
+	}
+	t, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("microlock: TLS files (--cacert, --cert, --key): %w", err)
+	}
+	// TLSInfo reads a CA file without a certificate in it as an empty
+	// pool, which would fail every handshake with an unknown authority.
+	if c.cacert != "" && t.RootCAs.Equal(x509.NewCertPool()) {
+		return nil, fmt.Errorf("microlock: --cacert %s: no PEM certificate in it", c.cacert)
+	}
+	// TLSInfo sets the minimum version only along with a certificate.
+	t.MinVersion = max(t.MinVersion, tls.VersionTLS12)
+	return t, nil
 }
 
 // client connects to etcd as the flags say. The caller closes it.

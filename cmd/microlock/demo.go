@@ -72,7 +72,7 @@ func (c *cli) demo(args []string) error {
 
 	var cfg clientv3.Config
 	var where string
-	if isSet(fs, "endpoints") {
+	if fs.Changed("endpoints") {
 		if cfg, err = conn.config(); err != nil {
 			return err
 		}

@@ -4,24 +4,23 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
-// The standard library's flag package, with three conventions on top: flags
-// are shown as --name, like etcdctl's; flags may come after the positional
-// arguments (holder KEY --json); and "--" ends the flags, so that run can
-// take a command with flags of its own.
+// Flags are parsed by pflag, as etcdctl's are: --name, flags before or
+// after the positional arguments (holder KEY --json), and "--" ends the
+// flags, so that run can take a command with flags of its own.
 
 // newFlagSet returns a flag set that reports errors to its caller and prints
 // nothing by itself.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+func newFlagSet(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	return fs
@@ -34,45 +33,20 @@ type parsed struct {
 	hasDash bool     // whether there was a "--"
 }
 
-// parse parses flags anywhere before the first "--". It returns
-// flag.ErrHelp for -h, -help and --help, and a usage error for anything
-// else it cannot parse.
-func parse(fs *flag.FlagSet, args []string) (parsed, error) {
-	var p parsed
-	before := args
-	if i := slices.Index(args, "--"); i >= 0 {
-		before, p.rest, p.hasDash = args[:i], args[i+1:], true
-	}
-	for {
-		if err := fs.Parse(before); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return p, err
-			}
-			return p, usageErrorf("%s: %s", fs.Name(), dashDash(err.Error()))
+// parse parses the flags in args. It returns pflag.ErrHelp for -h and
+// --help, and a usage error for anything else it cannot parse.
+func parse(fs *pflag.FlagSet, args []string) (parsed, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return parsed{}, err
 		}
-		before = fs.Args()
-		if len(before) == 0 {
-			return p, nil
-		}
-		p.args = append(p.args, before[0])
-		before = before[1:]
+		return parsed{}, usageErrorf("%s: %v", fs.Name(), err)
 	}
-}
-
-// dashDash rewrites the flag package's "-name" in its messages as
-// "--name", the way the help spells flags.
-func dashDash(msg string) string {
-	for _, before := range []string{"flag -", "for -", ": -"} {
-		msg = strings.Replace(msg, before, before[:len(before)-1]+"--", 1)
+	p := parsed{args: fs.Args()}
+	if at := fs.ArgsLenAtDash(); at >= 0 {
+		p.args, p.rest, p.hasDash = p.args[:at], p.args[at:], true
 	}
-	return msg
-}
-
-// isSet reports whether the flag name was given on the command line.
-func isSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
+	return p, nil
 }
 
 // durationFlag is a time.Duration flag that also takes a bare number of
@@ -86,6 +60,9 @@ func (f durationFlag) String() string {
 	}
 	return f.d.String()
 }
+
+// Type names the flag's value in pflag's messages.
+func (f durationFlag) Type() string { return "duration" }
 
 func (f durationFlag) Set(s string) error {
 	var d time.Duration
@@ -112,7 +89,7 @@ type help struct {
 
 // print writes the help for fs: synopsis, description, the command's own
 // flags, then the connection flags, the examples and any extra sections.
-func (h help) print(w io.Writer, fs *flag.FlagSet) {
+func (h help) print(w io.Writer, fs *pflag.FlagSet) {
 	fmt.Fprintf(w, "Usage: %s\n\n%s\n", h.usage, strings.TrimSpace(h.about))
 	own := flagLines(fs, func(name string) bool { return !isConnFlag(name) })
 	if own != "" {
@@ -135,13 +112,13 @@ func (h help) print(w io.Writer, fs *flag.FlagSet) {
 
 // flagLines lists the flags of fs that include accepts, one per line, with
 // their argument name and default.
-func flagLines(fs *flag.FlagSet, include func(string) bool) string {
+func flagLines(fs *pflag.FlagSet, include func(string) bool) string {
 	var b strings.Builder
-	fs.VisitAll(func(f *flag.Flag) {
+	fs.VisitAll(func(f *pflag.Flag) {
 		if !include(f.Name) {
 			return
 		}
-		arg, usage := flag.UnquoteUsage(f)
+		arg, usage := pflag.UnquoteUsage(f)
 		left := "  --" + f.Name
 		if arg != "" && arg != "value" {
 			left += " " + arg

@@ -5,11 +5,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
 
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -76,7 +76,7 @@ func (c *cli) holder(args []string) error {
 
 // keyAndClient parses the flags and the single KEY of holder and watch, and
 // connects to etcd.
-func (c *cli) keyAndClient(cmd string, fs *flag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
+func (c *cli) keyAndClient(cmd string, fs *pflag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
 	p, err := c.parseOrHelp(fs, args, h)
 	if err != nil {
 		return "", nil, err

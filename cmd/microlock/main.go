@@ -20,10 +20,11 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/spf13/pflag"
 )
 
 func main() {
@@ -86,7 +87,7 @@ func (c *cli) main(args []string) int {
 		return exitUsage
 	}
 	err := cmd(c, rest)
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, pflag.ErrHelp) {
 		return exitOK
 	}
 	var ee *exitError
@@ -100,10 +101,10 @@ func (c *cli) main(args []string) int {
 }
 
 // parseOrHelp parses args into fs, and prints h on --help, returning
-// flag.ErrHelp.
-func (c *cli) parseOrHelp(fs *flag.FlagSet, args []string, h help) (parsed, error) {
+// pflag.ErrHelp.
+func (c *cli) parseOrHelp(fs *pflag.FlagSet, args []string, h help) (parsed, error) {
 	p, err := parse(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, pflag.ErrHelp) {
 		h.print(c.stdout, fs)
 	}
 	return p, err

@@ -111,10 +111,10 @@ func (c *cli) run(args []string) error {
 		return usageErrorf("run: empty KEY")
 	case f.ttl < microlock.MinTTL:
 		return usageErrorf("run: --ttl %v is below the minimum of %v", f.ttl, microlock.MinTTL)
-	case f.noWait && isSet(fs, "wait-timeout"):
+	case f.noWait && fs.Changed("wait-timeout"):
 		return usageErrorf("run: --wait-timeout has no use with --no-wait")
 	}
-	if !isSet(fs, "grace") {
+	if !fs.Changed("grace") {
 		f.grace = maxGrace(f.ttl)
 	} else if err := checkGrace(f.grace, f.ttl); err != nil {
 		return err

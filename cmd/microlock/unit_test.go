@@ -3,7 +3,10 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +102,47 @@ func TestParse(t *testing.T) {
 	p, err := parse(fs, []string{"KEY", "--json", "--", "-odd", "--"})
 	if err != nil || !*j || len(p.args) != 1 || p.args[0] != "KEY" || !p.hasDash || strings.Join(p.rest, " ") != "-odd --" {
 		t.Fatalf("parse = %+v, %v (json %v)", p, err, *j)
+	}
+	// No "--": everything that is not a flag is an argument.
+	fs = newFlagSet("x")
+	p, err = parse(fs, []string{"a", "b"})
+	if err != nil || p.hasDash || strings.Join(p.args, " ") != "a b" || len(p.rest) != 0 {
+		t.Fatalf("parse without --: %+v, %v", p, err)
+	}
+}
+
+// TestTLSConfig: the TLS files are read by etcd's transport.TLSInfo, with
+// microlock's checks around it: a CA file without a certificate, a missing
+// file and a certificate without its key are refused before any dial.
+func TestTLSConfig(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.pem")
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		conn     connFlags
+		want     string
+		exitCode int
+	}{
+		{connFlags{cacert: empty}, "no PEM certificate", exitFailure},
+		{connFlags{cacert: filepath.Join(dir, "missing.pem")}, "missing.pem", exitFailure},
+		{connFlags{cert: filepath.Join(dir, "c.pem")}, "--cert and --key go together", exitUsage},
+		{connFlags{cert: filepath.Join(dir, "c.pem"), key: filepath.Join(dir, "k.pem")}, "c.pem", exitFailure},
+	} {
+		tc.conn.endpoints = "127.0.0.1:2379"
+		_, err := tc.conn.config()
+		if err == nil || !strings.HasPrefix(err.Error(), "microlock: ") || !strings.Contains(err.Error(), tc.want) || exitCode(err) != tc.exitCode {
+			t.Errorf("config(%+v) = %v (exit %d); want %q, exit %d", tc.conn, err, exitCode(err), tc.want, tc.exitCode)
+		}
+	}
+	// An https:// endpoint alone: TLS against the system's roots, at least 1.2.
+	cfg, err := (&connFlags{endpoints: "https://127.0.0.1:2379"}).config()
+	if err != nil || cfg.TLS == nil || cfg.TLS.RootCAs != nil || cfg.TLS.InsecureSkipVerify || cfg.TLS.MinVersion < tls.VersionTLS12 {
+		t.Fatalf("config of an https endpoint: %+v, %v", cfg.TLS, err)
+	}
+	// A plain endpoint: no TLS.
+	if cfg, err := (&connFlags{endpoints: "127.0.0.1:2379"}).config(); err != nil || cfg.TLS != nil {
+		t.Fatalf("config of a plain endpoint: TLS %+v, %v", cfg.TLS, err)
 	}
 }
