@@ -28,9 +28,14 @@ func Holder(ctx context.Context, client *clientv3.Client, key string) (Event, er
 	if err := ctx.Err(); err != nil {
 		return Event{}, fmt.Errorf("microlock: reading the holder of %s: %w", quoteKey(key), err)
 	}
-	w := &watcher{client: client, key: key, pfx: key + "/"}
-	if _, err := w.read(ctx); err != nil {
+	// Only the oldest key matters: one read of it, however long the queue.
+	resp, err := client.Get(ctx, key+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
 		return Event{}, fmt.Errorf("microlock: reading the holder of %s: %w", quoteKey(key), err)
 	}
-	return w.state(), nil
+	if len(resp.Kvs) == 0 {
+		return Event{Type: Unlocked, Key: key}, nil
+	}
+	kv := resp.Kvs[0]
+	return Event{Type: Locked, Key: key, Holder: string(kv.Value), Token: kv.CreateRevision}, nil
 }
