@@ -103,9 +103,9 @@ func between(rng *rand.Rand, lo, hi time.Duration) time.Duration {
 }
 
 // leaderShortKinds are the faults of the leader variant's short profile:
-// those that depose a leader (its worker cut off or paused, the raft
-// leader killed under it), so that the variant adds about 30 s to go test.
-// Its full profile draws from every kind.
+// the two that surely depose a leader, its worker cut off or paused, so
+// that the variant adds about 30 s to go test. Its full profile draws from
+// every kind.
 func leaderShortKinds() []Kind {
-	return []Kind{WorkerPartition, WorkerPause, LeaderKill}
+	return []Kind{WorkerPartition, WorkerPause}
 }
