@@ -102,6 +102,12 @@ build:
 demo: etcd build
 	$(BIN)/microlock demo
 
+## demo-election: the same for leader election: three candidates, the leader
+## cut off, the next one taking over with a higher term.
+.PHONY: demo-election
+demo-election: etcd build
+	$(BIN)/microlock demo --election
+
 ## bench: microlock beside etcd's concurrency.Mutex and raw etcd requests, each
 ## group against a fresh single-node etcd; prints one table of medians, ratios
 ## and targets and writes it to $(BENCH_OUT), the raw output beside it.

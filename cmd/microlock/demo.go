@@ -30,6 +30,11 @@ holds the lock and is cut off from etcd (a proxy between them starts
 dropping every byte): its work is cancelled before the next worker can take
 over, and the demo prints both times and the margin between them.
 
+With --election, three candidates campaign for one election with
+microlock.Lead: the first leads, the others wait in line; the leader is cut
+off from etcd, stops leading before the next candidate takes over with a
+higher term, and goes back in line once it reaches etcd again.
+
 Without --endpoints, demo starts a single-member etcd on free loopback ports,
 with its data in a temporary directory that is removed at the end. It looks
 for the etcd binary in --etcd-binary, $MICROLOCK_ETCD, next to the microlock
@@ -38,7 +43,9 @@ into bin/ and runs the demo. With --endpoints, demo uses that cluster and
 writes only under the key microlock-demo/. demo reads no ETCDCTL_*
 variables: it touches no cluster unless you name it on the command line.`,
 		examples: `  make demo
+  make demo-election
   microlock demo
+  microlock demo --election
   microlock demo --etcd-binary /usr/local/bin/etcd
   microlock demo --endpoints 127.0.0.1:2379`,
 		connNote: "Connection flags, as in etcdctl, for the cluster named with --endpoints:",
@@ -60,6 +67,7 @@ func (c *cli) demo(args []string) error {
 	// No default cluster: without --endpoints the demo starts its own.
 	conn.endpoints, fs.Lookup("endpoints").DefValue = "", ""
 	etcdBin := fs.String("etcd-binary", "", "etcd server `path` to start when no --endpoints is given")
+	election := fs.Bool("election", false, "show leader election instead: three candidates, the leader cut off")
 	p, err := c.parseOrHelp(fs, args, demoHelp())
 	if err != nil {
 		return err
@@ -98,7 +106,7 @@ func (c *cli) demo(args []string) error {
 		where = "a local etcd at " + srv.endpoint + ", data in " + srv.dir
 	}
 
-	err = runDemo(ctx, c.stdout, cfg, where)
+	err = runDemo(ctx, c.stdout, cfg, where, *election)
 	if ie := interrupted(ctx); ie != nil {
 		return ie
 	}
@@ -116,6 +124,8 @@ type timeline struct {
 	overlap bool
 	holders []string // in the order they took the lock
 	tokens  []int64
+	at      []time.Time // when each took it
+	entered string      // how enter says it, with the token; default: a lock's words
 }
 
 func (tl *timeline) say(who, format string, args ...any) {
@@ -138,7 +148,12 @@ func (tl *timeline) enter(who string, token int64) {
 	}
 	tl.holders = append(tl.holders, who)
 	tl.tokens = append(tl.tokens, token)
-	tl.sayLocked(who, "holds the lock, fencing token %d", token)
+	tl.at = append(tl.at, time.Now())
+	format := tl.entered
+	if format == "" {
+		format = "holds the lock, fencing token %d"
+	}
+	tl.sayLocked(who, format, token)
 }
 
 // leave records that who stopped working, before it releases the lock.
@@ -149,13 +164,26 @@ func (tl *timeline) leave(who, what string) {
 	tl.sayLocked(who, "%s", what)
 }
 
+func (tl *timeline) overlapped() bool {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.overlap
+}
+
 func (tl *timeline) since(n int) (holders []string, tokens []int64) {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	return append([]string(nil), tl.holders[n:]...), append([]int64(nil), tl.tokens[n:]...)
 }
 
-func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string) error {
+// enteredAt returns when the i-th holder took the lock.
+func (tl *timeline) enteredAt(i int) time.Time {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.at[i]
+}
+
+func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string, election bool) error {
 	clients := make([]*clientv3.Client, demoWorkers)
 	for i := range clients {
 		cli, err := clientv3.New(cfg)
@@ -172,6 +200,14 @@ func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string
 		return etcdError(fmt.Errorf("microlock: demo: asking etcd for its status: %w", err))
 	}
 	fmt.Fprintf(w, "\nmicrolock demo on etcd %s (%s)\n", st.Version, where)
+	if election {
+		tl := &timeline{w: w, t0: time.Now(), entered: "leads, term %d"}
+		err := runElectionDemo(ctx, tl, cfg)
+		if tl.overlapped() {
+			return errors.New("microlock: demo: two candidates led at once")
+		}
+		return err
+	}
 	fmt.Fprintf(w, "Lock %q; every worker has its own etcd client; lease TTL %v.\n", demoKey, demoTTL)
 
 	tl := &timeline{w: w, t0: time.Now()}
@@ -188,10 +224,7 @@ func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string
 	fmt.Fprintf(w, "  %d holds of one lock, never two at once: checked on every hold.\n", len(holders))
 	fmt.Fprintf(w, "  Fencing tokens, hold after hold: %s.\n", joinTokens(tokens, " < "))
 	fmt.Fprintf(w, "  The cut-off worker stopped working %v before the next worker held the lock.\n", takenAt.Sub(stoppedAt).Round(time.Millisecond))
-	tl.mu.Lock()
-	overlap := tl.overlap
-	tl.mu.Unlock()
-	if overlap {
+	if tl.overlapped() {
 		return errors.New("microlock: demo: two workers held the lock at once")
 	}
 	return nil
