@@ -264,3 +264,39 @@ func TestLeadBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestLeadPanic: a panic in fn goes on up with its own value, and the
+// leadership is resigned on the way.
+func TestLeadPanic(t *testing.T) {
+	c := client(t)
+	key := testKey(t)
+	defer func() {
+		if r := recover(); r != "boom" {
+			t.Fatalf("recovered %v, want fn's panic value", r)
+		}
+		if keys := keysUnder(t, c, key); len(keys) != 0 {
+			t.Fatalf("keys left after the panic: %q", keys)
+		}
+	}()
+	_ = microlock.Lead(ctxTimeout(t, 30*time.Second), c, key, func(context.Context) error { panic("boom") })
+	t.Fatal("Lead returned after fn panicked")
+}
+
+// TestLeadBackoffStop: when the WithBackoff policy gives up after a lost
+// term, Lead returns the loss.
+func TestLeadBackoffStop(t *testing.T) {
+	c := client(t)
+	key := testKey(t)
+	var terms int
+	err := microlock.Lead(ctxTimeout(t, 30*time.Second), c, key, func(ctx context.Context) error {
+		terms++
+		if _, err := c.Delete(ctx, key+"/", clientv3.WithPrefix()); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}, microlock.WithBackoff(func() backoff.BackOff { return &backoff.StopBackOff{} }))
+	if !errors.Is(err, microlock.ErrLockLost) || terms != 1 {
+		t.Fatalf("Lead = %v after %d terms, want the loss after 1", err, terms)
+	}
+}
