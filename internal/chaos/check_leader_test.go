@@ -81,3 +81,20 @@ func TestCheckLeaderNoRecampaign(t *testing.T) {
 		t.Fatalf("lost / re-campaigned = %d / %d, want 1 / 0", res.TermsLost, res.TermsRecampaigned)
 	}
 }
+
+// TestCheckLeaderPausedLeader: a paused leader hears of its loss only on
+// waking, after the next leader took over; fault → next leader ends at the
+// takeover.
+func TestCheckLeaderPausedLeader(t *testing.T) {
+	h := newHistory(chaos.Leader)
+	paused := h.term("w1", 1, 1000)
+	h.fault(chaos.WorkerPause, "w1", 1500, 5500)
+	h.term("w2", 1, 3000)
+	paused.FnEnd, paused.End, paused.Lost = ms(5501), ms(5502), ms(5501)
+	recampaign(paused, 5510)
+	h.term("w3", 1, 7000)
+	res := h.check()
+	if len(res.ToLeader) != 1 || res.ToLeader[0] != time.Duration(ms(3000-1500)) {
+		t.Fatalf("fault → next leader = %v, want [%v]", res.ToLeader, time.Duration(ms(1500)))
+	}
+}

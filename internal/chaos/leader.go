@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -78,30 +79,40 @@ func (c *checker) recampaign(r *Record) {
 }
 
 // toLeader measures, for each fault during which a term was lost, the time
-// from the fault to the first term that started after that loss.
+// from the fault to the first term of a later leader: the first
+// acquisition after the fault with a higher token than the deposed term's.
+// A paused leader hears of its loss only on waking, long after the next
+// leader took over: the takeover, not the loss signal, ends the wait.
 func (c *checker) toLeader() {
-	var lost, acqs []int64
-	for _, r := range c.run.Records {
-		if r.Lost != 0 && r.Acq != 0 {
-			lost = append(lost, r.Lost)
+	var lost, terms []*Record
+	for i := range c.run.Records {
+		r := &c.run.Records[i]
+		if r.Acq == 0 {
+			continue
 		}
-		if r.Acq != 0 {
-			acqs = append(acqs, r.Acq)
+		terms = append(terms, r)
+		if r.Lost != 0 {
+			lost = append(lost, r)
 		}
 	}
-	slices.Sort(lost)
-	slices.Sort(acqs)
+	slices.SortFunc(lost, func(a, b *Record) int { return cmp.Compare(a.Lost, b.Lost) })
 	for i, f := range c.run.Faults {
 		end := c.run.End
 		if i+1 < len(c.run.Faults) {
 			end = c.run.Faults[i+1].Start
 		}
-		j, _ := slices.BinarySearch(lost, f.Start)
-		if j == len(lost) || lost[j] >= end {
+		j, _ := slices.BinarySearchFunc(lost, f.Start, func(r *Record, t int64) int { return cmp.Compare(r.Lost, t) })
+		if j == len(lost) || lost[j].Lost >= end {
 			continue // no leader was deposed
 		}
-		if k, _ := slices.BinarySearch(acqs, lost[j]+1); k < len(acqs) {
-			c.res.ToLeader = append(c.res.ToLeader, time.Duration(acqs[k]-f.Start))
+		var next int64
+		for _, r := range terms {
+			if r.Token > lost[j].Token && r.Acq > f.Start && (next == 0 || r.Acq < next) {
+				next = r.Acq
+			}
+		}
+		if next != 0 {
+			c.res.ToLeader = append(c.res.ToLeader, time.Duration(next-f.Start))
 		}
 	}
 }
