@@ -4,11 +4,16 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
@@ -257,4 +262,79 @@ func TestElectUsage(t *testing.T) {
 	if code != exitNotFound {
 		t.Fatalf("missing command: exit %d, stderr %q; want %d", code, stderr, exitNotFound)
 	}
+}
+
+// TestWatchElection: `microlock watch` sees an etcdctl elect leader, then an
+// etcd Election leader and its Proclaim, each with its token.
+func TestWatchElection(t *testing.T) {
+	t.Parallel()
+	key := testKey(t)
+	ctx := ctxTimeout(t, 30*time.Second)
+	cli := shared.Client(t)
+	w := startWatch(t, endpointsFlag(), key)
+	expectLine := func(want string) {
+		t.Helper()
+		if line := w.next(); !strings.HasSuffix(line, want) {
+			t.Fatalf("watch printed %q, want it to end with %q", line, want)
+		}
+	}
+	expectLine(fmt.Sprintf("unlocked  %q", key))
+
+	bin, err := etcdtest.EtcdctlBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := exec.Command(bin, "--endpoints", strings.Join(shared.Endpoints(), ","), "elect", key, "ctl-leader")
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctlDone := make(chan error, 1)
+	go func() { ctlDone <- ctl.Wait() }()
+	t.Cleanup(func() { _ = ctl.Process.Kill(); <-ctlDone })
+	observer := concurrency.NewElection(newSession(t, cli), key)
+	resp, err := observer.Leader(ctx)
+	for err != nil || string(resp.Kvs[0].Value) != "ctl-leader" {
+		time.Sleep(20 * time.Millisecond)
+		resp, err = observer.Leader(ctx)
+	}
+	tok1 := resp.Kvs[0].CreateRevision
+	expectLine(fmt.Sprintf("holder %q  token %d", "ctl-leader", tok1))
+
+	e := concurrency.NewElection(newSession(t, cli), key)
+	elected := make(chan error, 1)
+	go func() { elected <- e.Campaign(ctx, "etcd-leader") }()
+	eventually(t, 10*time.Second, "the Election candidate in line", func() error {
+		if keysUnder(t, cli, key) < 2 {
+			return errNotYet
+		}
+		return nil
+	})
+	_ = ctl.Process.Signal(syscall.SIGTERM) // etcdctl elect resigns
+	if err := <-elected; err != nil {
+		t.Fatal(err)
+	}
+	expectLine(fmt.Sprintf("holder %q  token %d", "etcd-leader", e.Rev()))
+	if e.Rev() <= tok1 {
+		t.Fatalf("second leader's token %d, not above %d", e.Rev(), tok1)
+	}
+	if err := e.Proclaim(ctx, "etcd-leader v2"); err != nil {
+		t.Fatal(err)
+	}
+	expectLine(fmt.Sprintf("holder %q  token %d", "etcd-leader v2", e.Rev()))
+	if err := e.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expectLine(fmt.Sprintf("unlocked  %q", key))
+	w.stop()
+}
+
+// newSession is a concurrency session closed at the end of the test.
+func newSession(t *testing.T, cli *clientv3.Client) *concurrency.Session {
+	t.Helper()
+	s, err := concurrency.NewSession(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
 }
