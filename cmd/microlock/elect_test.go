@@ -292,12 +292,15 @@ func TestWatchElection(t *testing.T) {
 	go func() { ctlDone <- ctl.Wait() }()
 	t.Cleanup(func() { _ = ctl.Process.Kill(); <-ctlDone })
 	observer := concurrency.NewElection(newSession(t, cli), key)
-	resp, err := observer.Leader(ctx)
-	for err != nil || string(resp.Kvs[0].Value) != "ctl-leader" {
-		time.Sleep(20 * time.Millisecond)
-		resp, err = observer.Leader(ctx)
-	}
-	tok1 := resp.Kvs[0].CreateRevision
+	var tok1 int64
+	eventually(t, 10*time.Second, "etcdctl elect leading", func() error {
+		resp, err := observer.Leader(ctx)
+		if err != nil || string(resp.Kvs[0].Value) != "ctl-leader" {
+			return errNotYet
+		}
+		tok1 = resp.Kvs[0].CreateRevision
+		return nil
+	})
 	expectLine(fmt.Sprintf("holder %q  token %d", "ctl-leader", tok1))
 
 	e := concurrency.NewElection(newSession(t, cli), key)
