@@ -1,8 +1,13 @@
 package microlock_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +42,7 @@ func candidateKinds() []candidateKind {
 		{"microlock Lead", startLeadCandidate},
 		{"concurrency.Election", startElectionCandidate},
 		{"etcdctl elect", startEtcdctlCandidate},
+		{"v3election service", startGatewayCandidate},
 	}
 }
 
@@ -112,8 +118,9 @@ func startEtcdctlCandidate(t *testing.T, key, value string) *candidate {
 	return cd
 }
 
-// TestInteropElection: microlock's Lead, etcd's concurrency.Election and
-// etcdctl elect exclude each other in every order: the second candidate
+// TestInteropElection: microlock's Lead, etcd's concurrency.Election,
+// etcdctl elect and etcd's v3election service exclude each other in every
+// order: the second candidate
 // waits while the first leads and leads once it resigns, with a higher
 // token. Every observer sees every leader and each Proclaim: microlock's
 // Watch and Holder, etcd's Election.Leader and Observe, and etcdctl
@@ -250,4 +257,71 @@ func expectListened(t *testing.T, p *ctlProc, want []string) {
 		}
 	}
 	t.Fatalf("etcdctl elect -l printed %q, want the values %q", lines, want)
+}
+
+// startGatewayCandidate campaigns through etcd's own v3election service, the
+// server-side Election, by its JSON gateway (/v3/election/...): its
+// generated client lives in etcd's server module, which this module does
+// not depend on. The candidate's lease is kept alive by the etcd client.
+func startGatewayCandidate(t *testing.T, key, value string) *candidate {
+	c := client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	lease, err := c.Grant(ctx, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, err := c.KeepAlive(ctx, lease.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd := &candidate{elected: newAttempt()}
+	var leader json.RawMessage // the service's LeaderKey, once elected
+	call := func(ctx context.Context, method string, req, resp any) error {
+		b, _ := json.Marshal(req)
+		hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, shared.Endpoints()[0]+"/v3/election/"+method, bytes.NewReader(b))
+		if err != nil {
+			return err
+		}
+		hresp, err := http.DefaultClient.Do(hreq)
+		if err != nil {
+			return err
+		}
+		defer hresp.Body.Close()
+		body, err := io.ReadAll(hresp.Body)
+		if err != nil {
+			return err
+		}
+		if hresp.StatusCode != http.StatusOK {
+			return fmt.Errorf("v3election %s: %s: %s", method, hresp.Status, body)
+		}
+		return json.Unmarshal(body, resp)
+	}
+	go func() {
+		var resp struct {
+			Leader json.RawMessage `json:"leader"`
+		}
+		err := call(ctx, "campaign", map[string]any{"name": []byte(key), "lease": int64(lease.ID), "value": []byte(value)}, &resp)
+		leader = resp.Leader
+		cd.finish(err)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-cd.elected.done
+		for range ka {
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer rcancel()
+		_, _ = c.Revoke(rctx, lease.ID)
+	})
+	cd.proclaim = func(v string) error {
+		var resp json.RawMessage
+		return call(ctx, "proclaim", map[string]any{"leader": leader, "value": []byte(v)}, &resp)
+	}
+	cd.resign = func() {
+		var resp json.RawMessage
+		if err := call(ctx, "resign", map[string]any{"leader": leader}, &resp); err != nil {
+			t.Errorf("v3election resign: %v", err)
+		}
+	}
+	return cd
 }
