@@ -67,21 +67,9 @@ func runElectionDemo(ctx context.Context, tl *timeline, cfg clientv3.Config) err
 		return err
 	}
 
-	fmt.Fprintf(tl.w, "\n2. The leader, candidate-1, is cut off from etcd.\n")
-	proxy.Blackhole()
-	cutAt := time.Now()
-	tl.say("proxy", "drops every byte between candidate-1 and etcd from now on")
-	if err := waitLeaders(ctx, tl, 2); err != nil {
+	stoppedAt, takenAt, err := cutLeader(ctx, tl, proxy, cands[0])
+	if err != nil {
 		return err
-	}
-	holders, tokens := tl.since(0)
-	takenAt := tl.enteredAt(1)
-	stoppedAt := cands[0].stoppedAt()
-	fmt.Fprintf(tl.w, "   candidate-1 stopped leading %v after the cut; %s took over %v after it, with term %d > %d.\n",
-		stoppedAt.Sub(cutAt).Round(time.Millisecond), holders[1], takenAt.Sub(cutAt).Round(time.Millisecond), tokens[1], tokens[0])
-	if stoppedAt.IsZero() || !stoppedAt.Before(takenAt) || tokens[1] <= tokens[0] {
-		return fmt.Errorf("microlock: demo: candidate-1 stopped at %v, the next leader started at %v with term %d after %d",
-			stoppedAt.Sub(cutAt), takenAt.Sub(cutAt), tokens[1], tokens[0])
 	}
 
 	fmt.Fprintf(tl.w, "\n3. candidate-1 reaches etcd again, and goes back in line.\n")
@@ -98,7 +86,7 @@ func runElectionDemo(ctx context.Context, tl *timeline, cfg clientv3.Config) err
 			return fmt.Errorf("microlock: demo: %s: %w", c.name, err)
 		}
 	}
-	holders, tokens = tl.since(0)
+	holders, tokens := tl.since(0)
 	fmt.Fprintf(tl.w, "\nSummary\n")
 	fmt.Fprintf(tl.w, "  Leaders in turn: %s; never two at once: checked on every term.\n", strings.Join(holders, " → "))
 	fmt.Fprintf(tl.w, "  Terms (fencing tokens): %s.\n", joinTokens(tokens, " < "))
@@ -107,6 +95,29 @@ func runElectionDemo(ctx context.Context, tl *timeline, cfg clientv3.Config) err
 		return errors.New("microlock: demo: terms did not increase")
 	}
 	return nil
+}
+
+// cutLeader cuts the leader off from etcd and waits for the next leader. It
+// returns when the cut-off leader stopped leading and when the next one
+// started, and fails unless the one came before the other, with a higher
+// term.
+func cutLeader(ctx context.Context, tl *timeline, proxy *faultproxy.Proxy, leader *candidateRun) (stoppedAt, takenAt time.Time, err error) {
+	fmt.Fprintf(tl.w, "\n2. The leader, %s, is cut off from etcd.\n", leader.name)
+	proxy.Blackhole()
+	cutAt := time.Now()
+	tl.say("proxy", "drops every byte between %s and etcd from now on", leader.name)
+	if err := waitLeaders(ctx, tl, 2); err != nil {
+		return stoppedAt, takenAt, err
+	}
+	holders, tokens := tl.since(0)
+	takenAt, stoppedAt = tl.enteredAt(1), leader.stoppedAt()
+	fmt.Fprintf(tl.w, "   %s stopped leading %v after the cut; %s took over %v after it, with term %d > %d.\n",
+		leader.name, stoppedAt.Sub(cutAt).Round(time.Millisecond), holders[1], takenAt.Sub(cutAt).Round(time.Millisecond), tokens[1], tokens[0])
+	if stoppedAt.IsZero() || !stoppedAt.Before(takenAt) || tokens[1] <= tokens[0] {
+		return stoppedAt, takenAt, fmt.Errorf("microlock: demo: %s stopped at %v, the next leader started at %v with term %d after %d",
+			leader.name, stoppedAt.Sub(cutAt), takenAt.Sub(cutAt), tokens[1], tokens[0])
+	}
+	return stoppedAt, takenAt, nil
 }
 
 // demoClients makes the candidates, the first one's client through the

@@ -116,17 +116,7 @@ func run() int {
 		return err
 	}
 	if v == chaos.Leader {
-		var werr error
-		err := w.lead(ctx, func(rec chaos.Record) {
-			if err := write(rec); err != nil && werr == nil {
-				werr = err
-			}
-		})
-		if err = errors.Join(err, werr); err != nil {
-			fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
-			return 1
-		}
-		return 0
+		return w.runLeader(ctx, write)
 	}
 	for seq := int64(1); ctx.Err() == nil; seq++ {
 		rec := w.call(ctx, seq)
@@ -141,6 +131,21 @@ func run() int {
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
+	}
+	return 0
+}
+
+// runLeader is the leader variant's run: one Lead, a record per term.
+func (w *worker) runLeader(ctx context.Context, write func(chaos.Record) error) int {
+	var werr error
+	err := w.lead(ctx, func(rec chaos.Record) {
+		if err := write(rec); err != nil && werr == nil {
+			werr = err
+		}
+	})
+	if err = errors.Join(err, werr); err != nil {
+		fmt.Fprintln(os.Stderr, "microlock: chaos worker:", err)
+		return 1
 	}
 	return 0
 }
