@@ -93,6 +93,14 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 		var first bool
 		var err error
 		p, first, err = m.enqueue(ctx, h)
+		if errors.Is(err, ErrMismatch) {
+			state := keyAbsent
+			if p.rev != 0 { // our key was written, with a permit ahead
+				state = keyPresent
+			}
+			m.abandon(h, state)
+			return err
+		}
 		if err == nil {
 			if first {
 				return m.held(ctx, h, p.rev)
@@ -120,8 +128,12 @@ func (m *Mutex) queue(ctx context.Context, h *hold, r *retrier) error {
 		if err == nil {
 			return m.held(ctx, h, p.rev)
 		}
+		if errors.Is(err, ErrMismatch) {
+			m.abandon(h, keyPresent)
+			return err
+		}
 		if h.ctx.Err() == nil && r.retry(ctx, err) {
-			p.pred = "" // look again
+			p.wait = nil // look again
 			continue
 		}
 		werr := m.wrapErr(ctx, "waiting for", err)
@@ -196,11 +208,8 @@ func (m *Mutex) tryLease(ctx context.Context) error {
 	// whole of ctx: the attempt times out instead, with a transient error
 	// whose retry (the caller's) goes to another member.
 	tctx, cancel := withTimer(actx, attemptTimeout(h.lease.ttl))
-	resp, err := m.client.Txn(tctx).
-		If(clientv3.Compare(clientv3.CreateRevision(m.pfx), "=", 0).WithPrefix()).
-		Then(clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id))).
-		Else(clientv3.OpGet(m.pfx, clientv3.WithFirstCreate()...)).
-		Commit()
+	t := m.adm.tryTxn(m.pfx, clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)))
+	resp, err := m.client.Txn(tctx).If(t.cmps...).Then(t.then...).Else(t.els...).Commit()
 	err = timedOut(tctx, err)
 	cancel()
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -215,15 +224,16 @@ func (m *Mutex) tryLease(ctx context.Context) error {
 	}
 	if !resp.Succeeded {
 		m.abandon(h, keyAbsent)
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 { // cannot happen: the compare saw a key at this revision
-			return fmt.Errorf("microlock: locking %s: the holder vanished", quoteKey(m.key))
+		return m.refused(rangeKvs(resp.Responses), t.foreign)
+	}
+	if t.reads > 0 {
+		// A permit: our key is in, and counts as admitted only if fewer
+		// than limit keys, all permits, were there before it.
+		reads := rangeKvs(resp.Responses[:t.reads])
+		if held, _, _ := m.admit(reads); !held {
+			m.abandon(h, keyPresent)
+			return m.refused(reads, false)
 		}
-		e := &AlreadyLockedError{Key: m.key, Holder: string(kvs[0].Value), Token: kvs[0].CreateRevision}
-		if e.Holder == m.opts.nodeID {
-			e.note = "another lock with this Mutex's node ID, maybe in this process"
-		}
-		return e
 	}
 	return m.held(actx, h, resp.Header.Revision)
 }

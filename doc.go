@@ -22,6 +22,18 @@
 // leader can change the value it advertises with Proclaim, and WithMaxHold
 // bounds how long any hold or term can last.
 //
+// # Semaphores and shared locks
+//
+// WithLimit(n) makes a lock a counting semaphore: at most n holders at once,
+// in arrival order. Shared() makes it a shared (read) hold: shared holders
+// hold together, and every exclusive holder (a Mutex, etcd's
+// concurrency.Mutex, etcdctl lock) excludes them and is excluded by them. A
+// writer that queued first blocks the readers that come after it. Both keep
+// everything above and below: the same queue, the loss signal, Done, Err,
+// IsOwner, events and WithLock. Clients that disagree on a key's rule are
+// refused with ErrMismatch at acquisition; Watch and Holder report how many
+// hold the key (Event.Holders) and who (Event.HeldBy).
+//
 // # The safety contract
 //
 // A lock is a key under key+"/" bound to an etcd lease; the holder is the key
@@ -43,7 +55,10 @@
 // Every hold carries a fencing token, Token: the create revision of its key
 // in etcd, which strictly increases from one holder of a key to the next.
 // IsOwner returns an etcd comparison that is true only while the hold lasts;
-// put it in your own Txn and a write from a stale holder cannot land.
+// put it in your own Txn and a write from a stale holder cannot land. Tokens
+// order exclusive holders only: concurrent permits or shared holders are not
+// ordered among themselves, so a fence that refuses older tokens is
+// meaningful only for an exclusive lock; IsOwner guards every kind.
 //
 // # What no lock can promise
 //
@@ -66,7 +81,8 @@
 // # Costs
 //
 // TryLock, Unlock and an uncontended Lock are one etcd request each once the
-// client's lease is granted. Leases are shared per client and TTL and kept
+// client's lease is granted (a TryLock on a full semaphore deletes the key
+// it wrote: two). Leases are shared per client and TTL and kept
 // for a few seconds after use, so renewal work grows with the number of
 // leases, not with the number of locks held, and a loop of WithLock calls
 // does not grant and revoke a lease per call. A lease's renewal goroutine
@@ -75,8 +91,8 @@
 // # Errors
 //
 // Errors start with "microlock:". Match them with errors.Is against
-// ErrLocked, ErrNotOwner, ErrLockLost, ErrMaxHold and ErrClosed, and with errors.As
-// against *AlreadyLockedError. Errors from etcd and from the caller's
+// ErrLocked, ErrNotOwner, ErrLockLost, ErrMaxHold, ErrClosed and ErrMismatch,
+// and with errors.As against *AlreadyLockedError. Errors from etcd and from the caller's
 // context are wrapped, so errors.Is(err, context.Canceled) and the etcd
 // client's rpctypes errors match too.
 package microlock

@@ -1,9 +1,11 @@
 package microlock
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -63,6 +65,20 @@ type Event struct {
 	Holder string
 	Token  int64
 	Err    error
+
+	// Holders is, for Watch and Holder, how many hold the key: 1 for an
+	// exclusive lock, up to the limit for a semaphore (WithLimit), any
+	// number for a shared lock (Shared); 0 when Unlocked. HeldBy lists
+	// them, oldest first; Holder and Token are those of the oldest. OnEvent
+	// events leave both unset.
+	Holders int
+	HeldBy  []Holding
+}
+
+// Holding is one current holder of a key, as Watch and Holder report it.
+type Holding struct {
+	Holder string // the value of its key: the node ID for microlock's holds
+	Token  int64  // the create revision of its key
 }
 
 // Watch reports who holds key, whoever takes it: microlock, etcd's
@@ -72,8 +88,11 @@ type Event struct {
 // per change of holder or of its value. Holds shorter than one etcd watch response may be
 // reported together as the last one. Watch survives etcd restarts, lost
 // connections and compacted revisions by reading the state again, reporting
-// only real changes. A holder that changes its value (Proclaim) is
-// reported again, with the same token and the new Holder. The channel is closed after ctx is done: receive until
+// only real changes. For a semaphore or a shared lock, Holders and HeldBy
+// say how many hold it and who, and every change of that set is an event;
+// the lock is Locked while at least one holds it. A holder that changes its
+// value (Proclaim) is reported again, with the same token and the new
+// value. The channel is closed after ctx is done: receive until
 // then, or the goroutine that feeds it waits.
 func Watch(ctx context.Context, client *clientv3.Client, key string) (<-chan Event, error) {
 	switch {
@@ -125,27 +144,48 @@ func (w *watcher) read(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// state is the current holder: the key with the smallest create revision.
+// state is who holds the key now: every key of the queue that its rule
+// admits (see admission.go), the oldest first.
 func (w *watcher) state() Event {
-	var best *queued
-	for _, q := range w.queue {
-		if best == nil || q.createRev < best.createRev {
-			q := q
-			best = &q
-		}
+	all := make([]queuedKey, 0, len(w.queue))
+	for k, q := range w.queue {
+		all = append(all, queuedKey{k, q})
 	}
-	if best == nil {
+	slices.SortFunc(all, func(a, b queuedKey) int { return cmp.Compare(a.createRev, b.createRev) })
+	var held []Holding
+	exclusiveAhead, onlyPermits := false, true
+	for i, q := range all {
+		r := keyRule(w.pfx, []byte(q.key))
+		switch {
+		case r.shared && !exclusiveAhead,
+			r.limit > 1 && onlyPermits && i < r.limit,
+			r.exclusive() && i == 0:
+			held = append(held, Holding{Holder: q.value, Token: q.createRev})
+		}
+		exclusiveAhead = exclusiveAhead || !r.shared
+		onlyPermits = onlyPermits && r.limit > 1
+	}
+	if len(held) == 0 {
 		return Event{Type: Unlocked, Key: w.key}
 	}
-	return Event{Type: Locked, Key: w.key, Holder: best.value, Token: best.createRev}
+	return Event{Type: Locked, Key: w.key, Holder: held[0].Holder, Token: held[0].Token,
+		Holders: len(held), HeldBy: held}
+}
+
+// sameHold compares holds by token and value: a holder's new value
+// (Proclaim) is a change too.
+func sameHold(a, b Holding) bool { return a.Token == b.Token && a.Holder == b.Holder }
+
+type queuedKey struct {
+	key string
+	queued
 }
 
 // send sends the current state if it differs from the last one sent. It
 // reports false when ctx ended.
 func (w *watcher) send(ctx context.Context, ch chan<- Event) bool {
 	ev := w.state()
-	// A new value of the same holder (Proclaim) is a change too.
-	if w.sent != nil && w.sent.Type == ev.Type && w.sent.Token == ev.Token && w.sent.Holder == ev.Holder {
+	if w.sent != nil && w.sent.Type == ev.Type && slices.EqualFunc(w.sent.HeldBy, ev.HeldBy, sameHold) {
 		return true
 	}
 	select {

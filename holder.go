@@ -9,7 +9,8 @@ import (
 )
 
 // Holder reads, once, who holds key: a Locked event with the holder's value
-// and fencing token, or Unlocked when the key is free. It sees every holder
+// and fencing token, or Unlocked when the key is free. For a semaphore or a
+// shared lock, Holders says how many hold it and HeldBy lists them. It sees every holder
 // that uses the same layout: microlock's Mutex and Lead, etcd's
 // concurrency.Mutex and Election, etcdctl lock and etcdctl elect.
 //
@@ -28,14 +29,9 @@ func Holder(ctx context.Context, client *clientv3.Client, key string) (Event, er
 	if err := ctx.Err(); err != nil {
 		return Event{}, fmt.Errorf("microlock: reading the holder of %s: %w", quoteKey(key), err)
 	}
-	// Only the oldest key matters: one read of it, however long the queue.
-	resp, err := client.Get(ctx, key+"/", clientv3.WithFirstCreate()...)
-	if err != nil {
+	w := &watcher{client: client, key: key, pfx: key + "/"}
+	if _, err := w.read(ctx); err != nil {
 		return Event{}, fmt.Errorf("microlock: reading the holder of %s: %w", quoteKey(key), err)
 	}
-	if len(resp.Kvs) == 0 {
-		return Event{Type: Unlocked, Key: key}, nil
-	}
-	kv := resp.Kvs[0]
-	return Event{Type: Locked, Key: key, Holder: string(kv.Value), Token: kv.CreateRevision}, nil
+	return w.state(), nil
 }

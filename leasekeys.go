@@ -32,7 +32,7 @@ func (l *lease) attach(h *hold) error {
 	// The slot makes the key unique among the live keys of this lease under
 	// this prefix; a name is reused only once its key is known to be gone,
 	// so the create revision tells holds apart.
-	h.key = h.m.pfx + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(s.n)
+	h.key = h.m.pfx + h.m.adm.tag + strconv.FormatInt(int64(l.id), 16) + "_" + strconv.Itoa(s.n)
 	l.holds[h] = struct{}{}
 	return nil
 }

@@ -18,6 +18,7 @@ type Mutex struct {
 	key    string // as the caller gave it
 	pfx    string // key + "/": the queue's prefix in etcd
 	opts   *options
+	adm    admission // who may hold at once: exclusive, shared or a permit
 
 	op chan struct{} // one Lock, TryLock, Unlock or Close at a time
 
@@ -50,6 +51,7 @@ func New(client *clientv3.Client, key string, opts ...Option) (*Mutex, error) {
 		key:    key,
 		pfx:    key + "/",
 		opts:   o,
+		adm:    newAdmission(o),
 		op:     make(chan struct{}, 1),
 	}, nil
 }
@@ -68,13 +70,18 @@ func (m *Mutex) NodeID() string { return m.opts.nodeID }
 // TTL, so that an etcd member that is paused or cut off costs the caller a
 // retry rather than its whole ctx (errors.Is(err, context.DeadlineExceeded)
 // is then true). If this Mutex already holds the lock, it returns an
-// *AlreadyLockedError naming this node.
+// *AlreadyLockedError naming this node. For a semaphore the error names the
+// oldest holder; a full semaphore costs TryLock a second request, to delete
+// the key it wrote.
 func (m *Mutex) TryLock(ctx context.Context) error {
 	return m.acquire(ctx, false)
 }
 
 // Lock takes the lock, waiting in arrival order behind earlier waiters until
-// it is held or ctx is done. Each waiter watches only the one ahead of it.
+// it is held or ctx is done. Each waiter watches only the one ahead of it
+// (a permit of WithLimit(n): its n nearest; a Shared hold: the nearest
+// exclusive one). If the key is in use under another admission rule (see
+// WithLimit), Lock returns an error wrapping ErrMismatch and leaves no key.
 // Transient etcd errors are retried with the WithBackoff policy, each retry
 // reported as a Retrying event; permanent errors are returned at once. If
 // ctx ends first, Lock leaves the queue, removes its key from etcd, and

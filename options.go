@@ -46,6 +46,8 @@ type options struct {
 	hook       func(Event)
 	noWait     bool
 	maxHold    time.Duration // 0: none
+	limit      int           // WithLimit; 0 when not given
+	shared     bool          // Shared
 	errs       []error       // collected while applying, reported by validate
 }
 
@@ -141,6 +143,9 @@ func newOptions(opts []Option) (*options, error) {
 			continue
 		}
 		opt.apply(o)
+	}
+	if o.shared && o.limit != 0 {
+		o.errs = append(o.errs, errors.New("microlock: WithLimit and Shared cannot be combined: a semaphore's permits and a shared lock's holds are different admission rules"))
 	}
 	if len(o.errs) > 0 {
 		return nil, errors.Join(o.errs...)

@@ -3,8 +3,10 @@ package microlock
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -12,25 +14,58 @@ import (
 )
 
 // The wait queue. Every key under the lock's prefix is a place in the queue,
-// ordered by create revision; the first holds the lock. This is the layout of
-// etcd's concurrency.Mutex, its Lock RPC and etcdctl lock, so all of them
-// exclude each other. Each waiter watches only the key just ahead of it (no
-// thundering herd), and its own key, whose deletion means its place is gone.
+// ordered by create revision; for an exclusive lock the first holds it. This
+// is the layout of etcd's concurrency.Mutex, its Lock RPC and etcdctl lock,
+// so all of them exclude each other. Each waiter watches only the keys
+// whose deletion can admit it (for an exclusive lock, the key just ahead of
+// it: no thundering herd; see admission.go for the other rules), and its own
+// key, whose deletion means its place is gone.
 
 // place is a waiter's view of the queue: its own key's create revision, the
-// key just ahead of it (empty when it must be looked up) with that key's
-// create revision, and the revision at which this was read.
+// keys ahead of it whose deletion can admit it, with their create revisions
+// (nil when they must be looked up), and the revision at which this was
+// read. For an exclusive lock that is the key just ahead; see admit for the
+// others.
+//
+// known are the keys ahead that the last read found, nearest first, less
+// those seen to go since; wait is the limit nearest of them. A permit reads
+// twice its limit: when one it waits for goes and limit of the others
+// remain, it cannot hold yet by what it knows, and waits for the next of
+// them without reading the queue again. What it does not know can only be
+// more deletions: then one of the limit nearest it knows of is gone, and
+// the read made once the new watch is in place (waiting.inPlace) finds it.
+// It holds only on a read of the queue.
 type place struct {
-	rev     int64
-	pred    string
-	predRev int64
-	readAt  int64
+	rev    int64
+	wait   []keyRev
+	known  []keyRev
+	readAt int64
+}
+
+// setKnown sets known and wait to the keys ahead in known.
+func (p *place) setKnown(known []keyRev, limit int) {
+	p.known, p.wait = known, known[:min(len(known), limit)]
+	if known == nil {
+		p.wait = nil
+	}
+}
+
+// gone is place after key went; wait is nil if the queue must be read.
+func (p *place) gone(key string, limit int) {
+	known := slices.DeleteFunc(slices.Clone(p.known), func(k keyRev) bool { return k.key == key })
+	if key == "" || len(known) < limit {
+		known = nil
+	}
+	p.setKnown(known, limit)
 }
 
 // enqueue writes h's key at the end of the queue unless it is already there
 // (an earlier attempt's write that landed unseen). In the same Txn, before
-// the put, it reads the last key of the queue: the predecessor. It reports
-// whether h is first.
+// the put, it reads the keys ahead that can hold it back (for an exclusive
+// lock, the last key of the queue: the predecessor), and, for a shared hold
+// or a permit, it compares that no key of another rule is queued. It
+// reports whether h holds at once. On ErrMismatch, p.rev says whether h's
+// key was written.
 //
 // A first attempt could do without the Else (its key's name was free), but
 // the Else keeps this request as large as TryLock's: a key short enough to
@@ -40,56 +75,73 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 	// branch finds if the write landed.
 	ctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
 	defer cancel()
+	reads := m.adm.aheadReads(m.pfx, 0)
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)}, m.adm.foreignCmps(m.pfx)...)
 	resp, err := m.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)).
-		Then(
-			clientv3.OpGet(m.pfx, lastCreate...),
-			clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)),
-		).
-		Else(clientv3.OpGet(h.key)).
+		If(cmps...).
+		Then(append(reads, clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)))...).
+		Else(append([]clientv3.Op{clientv3.OpGet(h.key)}, m.adm.foreignReads(m.pfx)...)...).
 		Commit()
 	if err != nil {
 		return place{}, false, timedOut(ctx, err)
 	}
 	p.readAt = resp.Header.Revision
-	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if !resp.Succeeded {
-		p.rev = kvs[0].CreateRevision
-		return p, false, nil
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			p.rev = kvs[0].CreateRevision
+			return p, false, nil
+		}
+		for _, r := range resp.Responses[1:] {
+			if kvs := r.GetResponseRange().Kvs; len(kvs) > 0 {
+				return place{}, false, m.mismatch(keyRule(m.pfx, kvs[0].Key))
+			}
+		}
+		// Cannot happen: a compare failed at this revision.
+		return place{}, false, errors.New("microlock: the queue changed under a Txn")
 	}
 	p.rev = resp.Header.Revision
-	if len(kvs) == 0 {
-		return p, true, nil
-	}
-	p.pred, p.predRev = string(kvs[0].Key), kvs[0].CreateRevision
-	return p, false, nil
+	var known []keyRev
+	first, known, err = m.admit(rangeKvs(resp.Responses[:len(reads)]))
+	p.setKnown(known, m.adm.limit)
+	return p, first, err
 }
 
-// waitTurn returns when h's key is the first in the queue. progress is
-// called each time a predecessor goes. If h's key goes, h is lost and
-// waitTurn returns why.
+// rangeKvs returns the keys that each of a Txn's range reads found.
+func rangeKvs(resps []*pb.ResponseOp) [][]*mvccpb.KeyValue {
+	out := make([][]*mvccpb.KeyValue, len(resps))
+	for i, r := range resps {
+		out[i] = r.GetResponseRange().Kvs
+	}
+	return out
+}
+
+// waitTurn returns when h's key holds. progress is called each time a key
+// it waited for goes. If h's key goes, h is lost and waitTurn returns why.
 func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func()) error {
+	var w *waiting // the watches, kept from one wake-up to the next
+	defer func() {
+		if w != nil {
+			w.close()
+		}
+	}()
 	for {
-		if p.pred == "" {
-			// Our key and the one just ahead of it, in one read.
-			opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(2))
-			gctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
-			resp, err := m.client.Get(gctx, m.pfx, opts...)
-			err = timedOut(gctx, err)
-			cancel()
-			if err != nil {
+		if p.wait == nil {
+			held, ownGone, err := m.lookAgain(ctx, h, &p)
+			switch {
+			case err != nil:
 				return err
-			}
-			if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != h.key {
+			case ownGone:
 				h.lose("its key was deleted while it waited", nil)
 				return context.Cause(h.ctx)
-			}
-			if len(resp.Kvs) == 1 {
+			case held:
 				return nil
 			}
-			p.pred, p.predRev, p.readAt = string(resp.Kvs[1].Key), resp.Kvs[1].CreateRevision, resp.Header.Revision
 		}
-		ownGone, err := m.waitDelete(ctx, h, p)
+		if w == nil {
+			w = m.startWaiting(ctx, h)
+		}
+		w.follow(p)
+		ownGone, gone, err := w.waitDelete(ctx)
 		if err != nil {
 			return err
 		}
@@ -98,125 +150,46 @@ func (m *Mutex) waitTurn(ctx context.Context, h *hold, p place, progress func())
 			return context.Cause(h.ctx)
 		}
 		progress()
-		p.pred = ""
+		p.gone(gone, m.adm.limit)
 	}
 }
 
-// waitDelete waits until p's predecessor or h's own key is deleted, and
-// reports whether it was h's.
-//
-// The watches start at the present, not at p.readAt: etcd serves a watch
-// that starts in the past from its slow path, which catches up only every
-// 100 ms, and under contention the revision has always moved on by the time
-// the watch is created. What happened between p.readAt and the watches'
-// start is read once instead, after both are in place.
-//
-// Creating the watches and that read are each bounded by attemptTimeout: a
-// member that is paused or cut off never answers, and the waiter (and every
-// waiter behind it) would wait for as long as ctx lasts. A timeout is a
-// transient error; the caller retries, and the retry goes to another member.
-func (m *Mutex) waitDelete(ctx context.Context, h *hold, p place) (ownGone bool, err error) {
-	d := attemptTimeout(h.lease.ttl)
-	// The lease's anchor, with the same metadata, keeps the client's watch
-	// stream open for the next wait.
-	gen := h.lease.waitGen.Load()
-	wctx := streamContext(ctx, watchGenKey, gen)
-	h.lease.anchorWaits(m.pfx, gen)
-	wctx, cancel := context.WithCancelCause(wctx)
-	defer cancel(nil)
-	// Armed before Watch, which itself waits for the "created" reply.
-	created := time.AfterFunc(d, func() { cancel(errTimedOut) })
-	defer created.Stop()
-	predCh := m.client.Watch(wctx, p.pred, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-	ownCh := m.client.Watch(wctx, h.key, clientv3.WithCreatedNotify(), clientv3.WithFilterPut())
-	nCreated, startRev := 0, int64(0)
-	// Once the watches are in place, the queue is read again every
-	// recheckEvery: a member that pauses after it created them delivers
-	// nothing, and nothing else would tell.
-	recheck := time.NewTimer(time.Hour)
-	recheck.Stop()
-	defer recheck.Stop()
-	for {
-		var wr clientv3.WatchResponse
-		var ok, own bool
-		select {
-		case wr, ok = <-predCh:
-		case wr, ok = <-ownCh:
-			own = true
-		case <-recheck.C:
-			ownGone, predGone, err := m.readPlace(ctx, h, p, d)
-			switch {
-			case err != nil:
-				return false, err
-			case ownGone || predGone:
-				// The watch missed it: its stream is stale. Later
-				// waiters move to a new one.
-				h.lease.waitGen.CompareAndSwap(gen, gen+1)
-				return ownGone, nil
-			}
-			recheck.Reset(recheckEvery(h.lease.ttl))
-			continue
+// lookAgain reads, in one request, h's own key and the keys ahead of it
+// that can hold it back, and says whether h holds; if not, it sets p.wait.
+func (m *Mutex) lookAgain(ctx context.Context, h *hold, p *place) (held, ownGone bool, err error) {
+	gctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
+	defer cancel()
+	var own []*mvccpb.KeyValue
+	var ahead [][]*mvccpb.KeyValue
+	if m.adm.shared {
+		// The keys ahead of a shared hold are in two ranges: a Txn.
+		ops := append([]clientv3.Op{clientv3.OpGet(h.key)}, m.adm.aheadReads(m.pfx, p.rev)...)
+		resp, err := m.client.Txn(gctx).Then(ops...).Commit()
+		if err = timedOut(gctx, err); err != nil {
+			return false, false, err
 		}
-		if !ok {
-			if ctx.Err() != nil {
-				return false, ctx.Err()
-			}
-			if errors.Is(context.Cause(wctx), errTimedOut) {
-				// The etcd client runs the watches whose contexts carry
-				// the same metadata on one gRPC stream, and keeps a stream
-				// whose watch creation is pending as long as its member
-				// does not answer: a new watch would queue behind the
-				// stuck one. Later waiters move to a new stream, which the
-				// balancer opens on the next member; the stuck one goes
-				// when its member answers or the client is closed.
-				h.lease.waitGen.CompareAndSwap(gen, gen+1)
-				return false, errTimedOut
-			}
-			return false, errWatchClosed
+		p.readAt = resp.Header.Revision
+		all := rangeKvs(resp.Responses)
+		own, ahead = all[0], all[1:]
+	} else {
+		// Our key and the keys just ahead of it, in one read.
+		opts := append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(p.rev), clientv3.WithLimit(int64(m.adm.readAhead()+1)))
+		resp, err := m.client.Get(gctx, m.pfx, opts...)
+		if err = timedOut(gctx, err); err != nil {
+			return false, false, err
 		}
-		if err := wr.Err(); err != nil {
-			return false, err
-		}
-		for _, ev := range wr.Events {
-			if ev.Type == mvccpb.DELETE {
-				return own, nil
-			}
-		}
-		if !wr.Created {
-			continue
-		}
-		startRev = max(startRev, wr.Header.Revision)
-		if nCreated++; nCreated < 2 {
-			continue
-		}
-		// Both watches are in place, and may now wait as long as the lock
-		// is held.
-		created.Stop()
-		recheck.Reset(recheckEvery(h.lease.ttl))
-		if startRev <= p.readAt {
-			continue // nothing can have been missed
-		}
-		// Read what happened before the watches were in place.
-		ownGone, predGone, err := m.readPlace(ctx, h, p, d)
-		if err != nil || ownGone || predGone {
-			return ownGone, err
+		p.readAt = resp.Header.Revision
+		if len(resp.Kvs) > 0 {
+			own, ahead = resp.Kvs[:1], [][]*mvccpb.KeyValue{resp.Kvs[1:]}
 		}
 	}
-}
-
-// readPlace reads whether h's key and its predecessor are still there, in
-// one request bounded by d.
-func (m *Mutex) readPlace(ctx context.Context, h *hold, p place, d time.Duration) (ownGone, predGone bool, err error) {
-	tctx, tcancel := withTimer(ctx, d)
-	resp, err := m.client.Txn(tctx).Then(clientv3.OpGet(p.pred), clientv3.OpGet(h.key)).Commit()
-	err = timedOut(tctx, err)
-	tcancel()
-	if err != nil {
-		return false, false, err
+	if len(own) == 0 || string(own[0].Key) != h.key {
+		return false, true, nil
 	}
-	ownGone = !exists(resp.Responses[1].GetResponseRange().Kvs, p.rev)
-	predGone = !exists(resp.Responses[0].GetResponseRange().Kvs, p.predRev)
-	return ownGone, predGone, nil
+	var known []keyRev
+	held, known, err = m.admit(ahead)
+	p.setKnown(known, m.adm.limit)
+	return held, false, err
 }
 
 // recheckEvery is how often a waiter reads the queue again while its
@@ -232,11 +205,6 @@ const watchGenKey = "microlock-watch-stream"
 func exists(kvs []*mvccpb.KeyValue, rev int64) bool {
 	return len(kvs) == 1 && kvs[0].CreateRevision == rev
 }
-
-// lastCreate reads the last key of a prefix by create revision. It is made
-// once: its options hold no state, and a lock cycle need not build them anew.
-// Never append to it.
-var lastCreate = clientv3.WithLastCreate()
 
 // errWatchClosed is transient: the watch is opened again.
 var errWatchClosed = status.Error(codes.Unavailable, "microlock: watch closed")

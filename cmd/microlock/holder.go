@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/microlock/microlock"
 )
 
 func holderHelp() help {
@@ -19,7 +21,9 @@ func holderHelp() help {
 		about: `
 Show who holds the lock KEY: the holder's node ID, its fencing token, since
 when it is in line for the lock, its lease, and how many others wait; or
-that KEY is free.
+that KEY is free. For a semaphore (run --limit) or a shared lock (run
+--shared), it shows how many hold it and lists every holder, the oldest
+first; the holder, token, since and lease lines are the oldest's.
 
 "Since" is a revision, not a time: etcd records no wall-clock time for keys.
 It is the create revision of the holder's key, which etcd's revision counter
@@ -39,7 +43,9 @@ holder queued for the lock; equal to token, 0 when free), revision (the
 cluster's revision at which this was read; every write to etcd advances it),
 lease (null when free or when the key has no lease; else id,
 granted_ttl_seconds, remaining_ttl_seconds, with remaining -1 when etcd no
-longer knows the lease) and waiting.
+longer knows the lease), waiting, holders (how many hold KEY: more than
+one for a semaphore or a shared lock) and held_by (every holder, the oldest
+first, with holder and token).
 
 Exit codes: 0 whether KEY is held or free; 1 other error; 64 usage error;
 69 etcd unreachable or timed out.`,
@@ -114,7 +120,8 @@ func oneKey(cmd string, p parsed) (string, error) {
 // queue, and the one with the smallest create revision holds the lock.
 type lockState struct {
 	key       string
-	revision  int64 // the cluster's revision when read
+	holders   []microlock.Holding // every holder, the oldest first: more than one for a semaphore or shared lock
+	revision  int64               // the cluster's revision when read
 	locked    bool
 	holder    []byte // the holder's value: its node ID
 	holderKey []byte // the holder's key, under key + "/"
@@ -126,8 +133,28 @@ type lockState struct {
 }
 
 // readState reads the lock on key: the first key of its queue, the queue's
-// length, and the holder's lease.
+// length, the holder's lease and, when more keys are queued, every holder
+// (of a semaphore or a shared lock), as the library's Holder tells them.
 func readState(ctx context.Context, client *clientv3.Client, key string) (lockState, error) {
+	for range 3 {
+		st, err := readOnce(ctx, client, key)
+		if err != nil || st.waiting == 0 {
+			return st, err
+		}
+		ev, err := microlock.Holder(ctx, client, key)
+		if err != nil {
+			return st, err
+		}
+		if ev.Token == st.token { // else the lock changed hands between the reads
+			st.holders = ev.HeldBy
+			st.waiting = max(st.waiting+1-int64(len(st.holders)), 0)
+			return st, nil
+		}
+	}
+	return readOnce(ctx, client, key) // a busy lock: its first holder alone
+}
+
+func readOnce(ctx context.Context, client *clientv3.Client, key string) (lockState, error) {
 	st := lockState{key: key}
 	resp, err := client.Get(ctx, key+"/", clientv3.WithFirstCreate()...)
 	if err != nil {
@@ -139,6 +166,7 @@ func readState(ctx context.Context, client *clientv3.Client, key string) (lockSt
 	}
 	kv := resp.Kvs[0]
 	st.locked, st.holder, st.holderKey, st.token = true, kv.Value, kv.Key, kv.CreateRevision
+	st.holders = []microlock.Holding{{Holder: string(kv.Value), Token: kv.CreateRevision}}
 	st.waiting = max(resp.Count-1, 0)
 	st.lease = clientv3.LeaseID(kv.Lease)
 	if st.lease != 0 {
@@ -168,6 +196,12 @@ func (st lockState) writeText(w io.Writer) {
 	default:
 		fmt.Fprintf(w, "  lease:    %x, expires in %ds unless renewed (granted %ds)\n", int64(st.lease), st.ttl, st.granted)
 	}
+	fmt.Fprintf(w, "  holders:  %d\n", len(st.holders))
+	if len(st.holders) > 1 {
+		for _, h := range st.holders {
+			fmt.Fprintf(w, "    %s  token %d\n", quoted([]byte(h.Holder)), h.Token)
+		}
+	}
 	fmt.Fprintf(w, "  waiting:  %d\n", st.waiting)
 }
 
@@ -182,6 +216,24 @@ type holderJSON struct {
 	Revision        int64      `json:"revision"`
 	Lease           *leaseJSON `json:"lease"`
 	Waiting         int64      `json:"waiting"`
+	Holders         int        `json:"holders"`
+	HeldBy          []holdJSON `json:"held_by"`
+}
+
+// holdJSON is one holder of a semaphore or a shared lock (or the one holder
+// of an exclusive lock).
+type holdJSON struct {
+	Holder string `json:"holder"`
+	Token  int64  `json:"token"`
+}
+
+func holdsJSON(hs []microlock.Holding) []holdJSON {
+	out := make([]holdJSON, len(hs))
+	for i, h := range hs {
+		v, _ := clip([]byte(h.Holder))
+		out[i] = holdJSON{Holder: v, Token: h.Token}
+	}
+	return out
 }
 
 type leaseJSON struct {
@@ -202,6 +254,8 @@ func (st lockState) writeJSON(w io.Writer) error {
 		Since:           st.token,
 		Revision:        st.revision,
 		Waiting:         st.waiting,
+		Holders:         len(st.holders),
+		HeldBy:          holdsJSON(st.holders),
 	}
 	if st.lease != 0 {
 		out.Lease = &leaseJSON{ID: fmt.Sprintf("%x", int64(st.lease)), GrantedTTL: st.granted, RemainingTTL: st.ttl}

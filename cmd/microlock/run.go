@@ -35,6 +35,14 @@ its environment. MICROLOCK_TOKEN is the fencing token: it grows with every
 new holder of KEY, so the systems CMD writes to can refuse a stale holder.
 SIGINT and SIGTERM sent to run are passed on to CMD's process group.
 
+--limit N makes KEY a counting semaphore: up to N runs hold it at once, in
+arrival order; every run on KEY must give the same N, and one that does not
+is refused (exit code 1). --shared takes a shared (read) hold: shared runs
+hold KEY together, while a run without it (or etcdctl lock, or etcd's own
+Mutex) holds it alone; a waiting exclusive run blocks later shared ones.
+MICROLOCK_TOKEN orders exclusive holders only: with --limit or --shared it
+identifies the hold, but a "refuse older tokens" fence does not apply.
+
 If the lock is lost while CMD runs (its lease could not be renewed in time,
 or its key was deleted), run sends SIGTERM to CMD's process group at once and
 SIGKILL --grace later, both before etcd could let another holder in, and
@@ -62,7 +70,14 @@ CMD its input from a file or a pipe, or </dev/null.`,
   microlock run --ttl 60s --grace 5s jobs/migrate -- sh -c 'migrate --fence "$MICROLOCK_TOKEN"'
 
   # Wait at most a minute for the lock.
-  microlock run --wait-timeout 1m jobs/reindex -- ./reindex`,
+  microlock run --wait-timeout 1m jobs/reindex -- ./reindex
+
+  # At most 4 encoders at once, across the fleet.
+  microlock run --limit 4 jobs/encode -- ./encode next
+
+  # Readers together, the writer alone.
+  microlock run --shared db/catalog -- ./read-report
+  microlock run db/catalog -- ./migrate-catalog`,
 		extra: `Exit codes:
   CMD's status  CMD ran and exited; 128+N when signal N killed it
   1             other error (etcd refused the request, unreadable TLS files, ...)
@@ -83,6 +98,8 @@ type runFlags struct {
 	noWait      bool
 	waitTimeout time.Duration
 	grace       time.Duration
+	limit       int
+	shared      bool
 }
 
 func (c *cli) run(args []string) error {
@@ -94,6 +111,8 @@ func (c *cli) run(args []string) error {
 	fs.BoolVar(&f.noWait, "no-wait", false, "fail at once, with exit code 75, if someone else holds the lock")
 	fs.Var(durationFlag{&f.waitTimeout}, "wait-timeout", "give up waiting for the lock after this `time` (default: wait as long as it takes)")
 	fs.Var(durationFlag{&f.grace}, "grace", graceHelp())
+	fs.IntVar(&f.limit, "limit", 1, "let at most `N` holders run at once: a counting semaphore, in arrival order (as consul lock -n)")
+	fs.BoolVar(&f.shared, "shared", false, "take a shared (read) hold: shared holders run together, exclusive ones alone")
 	p, err := c.parseOrHelp(fs, args, runHelp())
 	if err != nil {
 		return err
@@ -111,6 +130,10 @@ func (c *cli) run(args []string) error {
 		return usageErrorf("run: empty KEY")
 	case f.ttl < microlock.MinTTL:
 		return usageErrorf("run: --ttl %v is below the minimum of %v", f.ttl, microlock.MinTTL)
+	case f.limit < 1:
+		return usageErrorf("run: --limit %d is below 1", f.limit)
+	case f.shared && fs.Changed("limit"):
+		return usageErrorf("run: --limit and --shared cannot be combined")
 	case f.noWait && fs.Changed("wait-timeout"):
 		return usageErrorf("run: --wait-timeout has no use with --no-wait")
 	}
@@ -139,6 +162,12 @@ func (c *cli) run(args []string) error {
 	opts := []microlock.Option{microlock.WithTTL(f.ttl), microlock.OnEvent(log.hook)}
 	if f.nodeID != "" {
 		opts = append(opts, microlock.WithNodeID(f.nodeID))
+	}
+	if f.limit > 1 {
+		opts = append(opts, microlock.WithLimit(f.limit))
+	}
+	if f.shared {
+		opts = append(opts, microlock.Shared())
 	}
 	client, err := conn.client()
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -22,12 +23,15 @@ func watchHelp() help {
 Print one line for the current state of the lock KEY, then one per change of
 holder, until SIGINT or SIGTERM (exit code 0). Each line has the local time
 at which the change was seen, "locked" with the holder's node ID and token,
-or "unlocked". Holds shorter than one etcd watch response may show only as
+or "unlocked". For a semaphore (run --limit) or a shared lock (run --shared)
+a line lists every holder, the oldest first, and their count, and each
+change of that set is a line. Holds shorter than one etcd watch response may show only as
 the last of them. watch rides out etcd restarts and lost connections.`,
 		examples: `  microlock watch jobs/nightly-report
   microlock watch --json jobs/nightly-report | jq -c 'select(.event == "locked")'`,
 		extra: `JSON fields: time (RFC 3339, local), key, event ("locked" or "unlocked"),
-holder and token (empty and 0 when unlocked).
+holder and token (the oldest holder's; empty and 0 when unlocked), holders
+(how many hold KEY) and held_by (every holder, with holder and token).
 
 Exit codes: 0 after SIGINT or SIGTERM; 1 other error; 64 usage error;
 69 etcd unreachable or timed out when watch starts.`,
@@ -74,6 +78,10 @@ type eventJSON struct {
 	Event  string `json:"event"`
 	Holder string `json:"holder"`
 	Token  int64  `json:"token"`
+	// Holders and HeldBy: how many hold KEY and who; more than one for a
+	// semaphore or a shared lock.
+	Holders int        `json:"holders"`
+	HeldBy  []holdJSON `json:"held_by"`
 }
 
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
@@ -82,17 +90,29 @@ func printEvent(w io.Writer, ev microlock.Event, at time.Time, asJSON bool) erro
 	holder, _ := clip([]byte(ev.Holder))
 	if asJSON {
 		return json.NewEncoder(w).Encode(eventJSON{
-			Time:   at.Format(timeLayout),
-			Key:    ev.Key,
-			Event:  ev.Type.String(),
-			Holder: holder,
-			Token:  ev.Token,
+			Time:    at.Format(timeLayout),
+			Key:     ev.Key,
+			Event:   ev.Type.String(),
+			Holder:  holder,
+			Token:   ev.Token,
+			Holders: ev.Holders,
+			HeldBy:  holdsJSON(ev.HeldBy),
 		})
 	}
 	var err error
-	if ev.Type == microlock.Locked {
+	switch {
+	case ev.Type == microlock.Locked && ev.Holders > 1:
+		var b strings.Builder
+		for i, h := range ev.HeldBy {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s token %d", quoted([]byte(h.Holder)), h.Token)
+		}
+		_, err = fmt.Fprintf(w, "%s  locked    %s  %d holders: %s\n", at.Format(timeLayout), strconv.Quote(ev.Key), ev.Holders, b.String())
+	case ev.Type == microlock.Locked:
 		_, err = fmt.Fprintf(w, "%s  locked    %s  holder %s  token %d\n", at.Format(timeLayout), strconv.Quote(ev.Key), quoted([]byte(ev.Holder)), ev.Token)
-	} else {
+	default:
 		_, err = fmt.Fprintf(w, "%s  unlocked  %s\n", at.Format(timeLayout), strconv.Quote(ev.Key))
 	}
 	return err

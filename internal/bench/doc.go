@@ -41,6 +41,14 @@
 //     authentication and without, in turn, and two contenders on one key,
 //     side after side. Each reports each side's etcd CPU per op, and the
 //     Authenticate calls the server handled per op (from its gRPC metrics).
+//   - Semaphore: 16 contenders, each with its own client, want one of 4
+//     slots and hold it 5 ms: a microlock semaphore (WithLimit(4)), 4
+//     microlock Mutexes tried in turn, and 4 independent keys (the ceiling).
+//     Holds per second, p99 wait, fairness, and for the semaphore the watch
+//     events its clients were delivered per release (the wake-ups).
+//   - ReadHeavy: 8 contenders hold one key for 2 ms, shared nine times in
+//     ten and exclusive the tenth: microlock's Shared against etcd's
+//     recipes.RWMutex. Holds per second, p99 wait, fairness.
 //   - Held: a separate process (this test binary, run again) holds N locks on
 //     one client for 30 s (10 s with -short), TTL 5 s: keepalive messages per
 //     second, client CPU, memory and goroutines per held lock, and locks

@@ -25,29 +25,7 @@ const (
 	envSeed    = "MICROLOCK_CHAOS_SEED"   // the full profile's seed; default: the time
 	envLength  = "MICROLOCK_CHAOS_LENGTH" // the full profile's length per variant; default fullLength
 	envReport  = "MICROLOCK_CHAOS_REPORT" // file for the table; default: the test's artifact directory
-	// envVariants selects variants to run, comma-separated (plain, fenced,
-	// leader); default: all.
-	envVariants = "MICROLOCK_CHAOS_VARIANTS"
 )
-
-// variants returns the variants to run.
-func variants(t *testing.T) []chaos.Variant {
-	t.Helper()
-	all := []chaos.Variant{chaos.Plain, chaos.Fenced, chaos.Leader}
-	s := os.Getenv(envVariants)
-	if s == "" {
-		return all
-	}
-	var out []chaos.Variant
-	for _, name := range strings.Split(s, ",") {
-		v := chaos.Variant(strings.TrimSpace(name))
-		if !slices.Contains(all, v) {
-			t.Fatalf("%s=%q: unknown variant %q; want some of %v", envVariants, s, v, all)
-		}
-		out = append(out, v)
-	}
-	return out
-}
 
 // fullLength is the full profile's planned fault time per variant.
 const fullLength = 5 * time.Minute
@@ -87,7 +65,14 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault-injection suite runs for minutes")
 	}
-	p := profile(t)
+	suite(t, profile(t), []chaos.Variant{chaos.Plain, chaos.Fenced}, "chaos-report.txt")
+}
+
+// suite runs the variants in turn, each on a fresh cluster, fails on any
+// violation that the checks forbid, and logs the table and writes it to a
+// file: the file named by MICROLOCK_CHAOS_REPORT with name's suffix after
+// "chaos-report", or name in the test's artifact directory.
+func suite(t *testing.T, p chaos.Profile, variants []chaos.Variant, name string) {
 	if p.Name == "full" {
 		t.Logf("profile full, seed %d (replay with %s=full %s=%d)", p.Seed, envProfile, envSeed, p.Seed)
 	} else {
@@ -97,7 +82,7 @@ func TestChaos(t *testing.T) {
 
 	var results []*chaos.Result
 	version := "?"
-	for _, v := range variants(t) {
+	for _, v := range variants {
 		t.Run(string(v), func(t *testing.T) {
 			res, ver := runVariant(t, bin, p, v)
 			results, version = append(results, res), ver
@@ -123,7 +108,9 @@ func TestChaos(t *testing.T) {
 	t.Log("\n" + report)
 	path := os.Getenv(envReport)
 	if path == "" {
-		path = filepath.Join(t.ArtifactDir(), "chaos-report.txt")
+		path = filepath.Join(t.ArtifactDir(), name)
+	} else if suffix := strings.TrimPrefix(strings.TrimSuffix(name, ".txt"), "chaos-report"); suffix != "" {
+		path = strings.TrimSuffix(path, ".txt") + suffix + ".txt"
 	}
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
 		t.Errorf("writing the report: %v", err)

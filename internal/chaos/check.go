@@ -16,12 +16,14 @@ const (
 	CheckLossOrder    = "loss signal after takeover" // a holder was still working when the next one acquired
 	CheckLiveness     = "liveness"                   // no acquisition within TTL + 5 s of a fault's heal
 	CheckHistory      = "history"                    // a record and etcd's history disagree
+	CheckOverLimit    = "over the limit"             // more holders at once than a semaphore's limit
+	CheckSharedExcl   = "shared with exclusive"      // an exclusive hold overlapped another hold
 )
 
 // Checks lists the checks in the order reports show them.
 func Checks() []string {
 	return []string{CheckLostUpdate, CheckMissingWrite, CheckTokenOrder, CheckNonHolder, CheckLossOrder, CheckLiveness, CheckHistory,
-		CheckTermNoKey, CheckRecampaign}
+		CheckOverLimit, CheckSharedExcl, CheckTermNoKey, CheckRecampaign}
 }
 
 // LivenessSlack is how long after TTL a healed fault may go without an
@@ -181,9 +183,13 @@ func Check(run *Run) *Result {
 	}
 	c.index()
 	c.counts()
-	c.register()
+	if run.Variant.Admission() {
+		c.admission()
+	} else {
+		c.register()
+		c.handoffs()
+	}
 	c.acknowledged()
-	c.handoffs()
 	c.faults()
 	c.leader()
 	return c.res

@@ -6,6 +6,16 @@ import (
 	"time"
 )
 
+// ShortLeader is the short profile of the leader variant: the two faults
+// that surely depose a leader, its worker cut off or paused, with a fixed
+// seed, so that the variant adds about 30 s to go test. Its full profile,
+// Full, injects every kind.
+func ShortLeader() Profile {
+	p := Short()
+	p.Faults = []Kind{WorkerPartition, WorkerPause}
+	return p
+}
+
 // The leader variant's own checks. Its workers run microlock.Lead: one
 // Record per term, its Call the moment the worker went back to the queue.
 const (

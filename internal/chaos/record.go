@@ -40,6 +40,9 @@ type Record struct {
 	Call  int64  `json:"call"`  // WithLock was called
 	Acq   int64  `json:"acq"`   // the Acquired event: the lock was granted
 	Token int64  `json:"token"` // the hold's fencing token
+	// Rule is, in the admission variants, the hold's admission rule:
+	// RulePermit, RuleShared or RuleExclusive.
+	Rule string `json:"rule,omitempty"`
 
 	FnStart int64 `json:"fnStart"`
 	ReadOK  bool  `json:"readOK"`

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -16,12 +17,30 @@ type Profile struct {
 	// until their planned time reaches Length.
 	Rounds int
 	Length time.Duration
+	// Faults limits the fault kinds scheduled; nil means every kind.
+	Faults []Kind
+}
+
+// kinds is the fault kinds of p's schedule.
+func (p Profile) kinds() []Kind {
+	if p.Faults != nil {
+		return slices.Clone(p.Faults)
+	}
+	return Kinds()
 }
 
 // Short is the profile that runs with every go test: each fault kind once
 // per variant, with a fixed seed.
 func Short() Profile {
 	return Profile{Name: "short", Seed: 1, Workers: 5, TTL: 2 * time.Second, Rounds: 1}
+}
+
+// ShortAdmission is the short profile of the admission variants: one
+// partition of a holder per variant, with a fixed seed.
+func ShortAdmission() Profile {
+	p := Short()
+	p.Faults = []Kind{WorkerPartition}
+	return p
 }
 
 // Full is the profile of make chaos: faults of random kinds for about
@@ -59,7 +78,7 @@ func Schedule(p Profile, v Variant) []Step {
 	}
 	var steps []Step
 	if p.Length > 0 {
-		kinds := Kinds()
+		kinds := p.kinds()
 		var planned time.Duration
 		for planned < p.Length {
 			s := step(kinds[rng.IntN(len(kinds))])
@@ -69,10 +88,7 @@ func Schedule(p Profile, v Variant) []Step {
 		return steps
 	}
 	for range p.Rounds {
-		kinds := Kinds()
-		if v == Leader {
-			kinds = leaderShortKinds()
-		}
+		kinds := p.kinds()
 		rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 		for _, k := range kinds {
 			steps = append(steps, step(k))
@@ -100,12 +116,4 @@ func duration(rng *rand.Rand, k Kind, ttl time.Duration) time.Duration {
 
 func between(rng *rand.Rand, lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(rng.Int64N(int64(hi-lo)+1)).Round(time.Millisecond)
-}
-
-// leaderShortKinds are the faults of the leader variant's short profile:
-// the two that surely depose a leader, its worker cut off or paused, so
-// that the variant adds about 30 s to go test. Its full profile draws from
-// every kind.
-func leaderShortKinds() []Kind {
-	return []Kind{WorkerPartition, WorkerPause}
 }

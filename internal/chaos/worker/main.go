@@ -46,7 +46,7 @@ func run() int {
 		members   = flag.String("members", "", "comma-separated names of the members behind the endpoints, in the same order")
 		key       = flag.String("key", "chaos/register", "lock key")
 		counter   = flag.String("counter", "chaos/counter", "counter key")
-		variant   = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner) or leader (Lead, fenced writes)")
+		variant   = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner), semaphore or shared (see chaos.Semaphore), or leader (Lead, fenced writes)")
 		ttl       = flag.Duration("ttl", 2*time.Second, "lock TTL")
 		out       = flag.String("out", "", "file to append records to")
 		seed      = flag.Uint64("seed", 1, "seed for the pause inside the read-modify-write")
@@ -55,7 +55,7 @@ func run() int {
 	)
 	flag.Parse()
 	v := chaos.Variant(*variant)
-	if *node == "" || *endpoints == "" || *out == "" || (v != chaos.Plain && v != chaos.Fenced && v != chaos.Leader) || *maxWait < *minWait {
+	if *node == "" || *endpoints == "" || *out == "" || (v != chaos.Plain && v != chaos.Fenced && v != chaos.Leader && !v.Admission()) || *maxWait < *minWait {
 		fmt.Fprintln(os.Stderr, "microlock: chaos worker: need -node, -endpoints, -out, a valid -variant and -min-wait <= -max-wait")
 		return 2
 	}
@@ -183,6 +183,11 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 			lostEvent.CompareAndSwap(0, chaos.Now())
 		}
 	}
+	opts := []microlock.Option{microlock.WithTTL(w.ttl), microlock.WithNodeID(w.node), microlock.OnEvent(hook)}
+	if w.variant.Admission() {
+		rec.Rule = chaos.RuleOf(w.variant, seq)
+		opts = append(opts, admissionOptions(rec.Rule)...)
+	}
 	err := microlock.WithLock(ctx, w.cli, w.key, func(fctx context.Context) error {
 		// The loss signal is fn's context being cancelled with ErrLockLost;
 		// note the moment it happens, whatever fn is doing.
@@ -199,8 +204,11 @@ func (w *worker) call(ctx context.Context, seq int64) chaos.Record {
 				<-noted
 			}
 		}()
+		if w.variant.Admission() {
+			return w.mark(fctx, &rec)
+		}
 		return w.increment(fctx, &rec, &lostByWrite)
-	}, microlock.WithTTL(w.ttl), microlock.WithNodeID(w.node), microlock.OnEvent(hook))
+	}, opts...)
 	rec.End = chaos.Now()
 	rec.Acq, rec.Token = acq.Load(), token.Load()
 	rec.Lost = lostCtx.Load()
@@ -261,7 +269,7 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 	val, _ := json.Marshal(next) // a Value always encodes
 	rec.Written = next.N
 	wctx := ctx
-	if w.variant != chaos.Plain {
+	if w.variant == chaos.Fenced || w.variant == chaos.Leader {
 		wctx = context.WithoutCancel(ctx)
 	}
 	wctx, cancel := context.WithTimeout(wctx, writeTimeout)

@@ -342,6 +342,8 @@ func (t *table) build() {
 		}
 	}
 	t.add(row{measure: "Held: locks lost (N=1000 and 10000)", microlock: num(lm), etcd: num(le), target: "0", result: lost})
+
+	t.buildAdmission()
 }
 
 // render writes the table in Markdown, with the run's particulars above it.
