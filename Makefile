@@ -50,18 +50,27 @@ lint: $(BIN)/staticcheck
 $(BIN)/staticcheck:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-## chaos: the fault-injection suite's full profile, about 24 minutes: the
+## chaos: the fault-injection suite's full profile, about 30 minutes: the
 ## plain and fenced variants, then the semaphore and shared-lock variants,
-## every fault kind, a random seed (MICROLOCK_CHAOS_SEED=n replays one). The
-## tables go to bin/chaos/report.txt and report-admission.txt, the histories
-## beside them.
-## Every `go test ./...` runs the short profile (fixed seed, about 2 minutes).
+## then the leader variant, every fault kind, a random seed
+## (MICROLOCK_CHAOS_SEED=n replays one). The tables go to bin/chaos/report.txt,
+## report-admission.txt and report-leader.txt, the histories beside them.
+## Every `go test ./...` runs the short profile (fixed seed, about 2.5 minutes).
 CHAOS_OUT := $(BIN)/chaos
 .PHONY: chaos
 chaos: etcd
 	@mkdir -p $(CHAOS_OUT)
 	MICROLOCK_CHAOS=full MICROLOCK_CHAOS_REPORT=$(CHAOS_OUT)/report.txt \
-		$(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos(Admission)?$$' \
+		$(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos(Admission|Leader)?$$' \
+		-artifacts -outputdir $(CHAOS_OUT) ./internal/chaos
+
+## chaos-leader: the full profile of the leader variant alone, about 7
+## minutes; its table goes to bin/chaos/report-leader.txt.
+.PHONY: chaos-leader
+chaos-leader: etcd
+	@mkdir -p $(CHAOS_OUT)
+	MICROLOCK_CHAOS=full MICROLOCK_CHAOS_REPORT=$(CHAOS_OUT)/report.txt \
+		$(GO) test -race -count=1 -timeout 30m -v -run '^TestChaosLeader$$' \
 		-artifacts -outputdir $(CHAOS_OUT) ./internal/chaos
 
 ## etcd: build the pinned etcd server into ./bin.
@@ -111,6 +120,12 @@ build:
 
 demo: etcd build
 	$(BIN)/microlock demo
+
+## demo-election: the same for leader election: three candidates, the leader
+## cut off, the next one taking over with a higher term.
+.PHONY: demo-election
+demo-election: etcd build
+	$(BIN)/microlock demo --election
 
 ## bench: microlock beside etcd's concurrency.Mutex and raw etcd requests, each
 ## group against a fresh single-node etcd; prints one table of medians, ratios

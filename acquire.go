@@ -194,7 +194,7 @@ func (m *Mutex) newAttempt(ctx context.Context) (attempt, error) {
 		l := m.lease
 		if l == nil || !l.ref() {
 			var err error
-			if l, err = leases.acquire(ctx, m.client, m.opts.ttlSeconds()); err != nil {
+			if l, err = m.newLease(ctx); err != nil {
 				return attempt{}, err
 			}
 			m.lease = l
@@ -284,6 +284,7 @@ func (m *Mutex) held(ctx context.Context, h *hold, rev int64) error {
 	m.mu.Lock()
 	m.h = h
 	m.mu.Unlock()
+	m.limitHold(h)
 	h.watchLater()
 	h.emit(Event{Type: Acquired, Waited: since(m.started), Place: m.place})
 	return nil

@@ -58,8 +58,9 @@ func (l *lease) expire() {
 		l.mu.Unlock()
 		return
 	}
+	code, reason, cause := l.expiryReasonLocked()
 	l.mu.Unlock()
-	holds := l.end(LossDeadline, "no renewal was acknowledged in time", nil)
+	holds := l.end(code, reason, cause)
 	l.mu.Lock()
 	l.expired = holds
 	l.mu.Unlock()
@@ -73,6 +74,9 @@ func (l *lease) extend(t0 time.Time, ttl time.Duration) renewal {
 	d := lossDeadline(t0, ttl)
 	now := time.Now()
 	l.mu.Lock()
+	if !l.cap.IsZero() && d.After(l.cap) {
+		d = l.cap // WithMaxHold
+	}
 	r := renewal{latency: now.Sub(t0), margin: l.deadline.Sub(now)}
 	if !l.ended && d.After(l.deadline) {
 		l.deadline = d

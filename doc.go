@@ -12,7 +12,15 @@
 //	})
 //
 // For more control, New returns a Mutex with TryLock, Lock, Unlock, Renew and
-// Close, as in Microlock. Watch reports who holds a key, whoever took it.
+// Close, as in Microlock. Watch reports who holds a key, whoever took it;
+// Holder reads it once.
+//
+// Lead is a leader loop on the same machinery: it campaigns in arrival
+// order, runs fn for each term this node leads, with the same early loss
+// signal, and campaigns again after a lost term until ctx is done. Its
+// layout is that of etcd's concurrency.Election and etcdctl elect. The
+// leader can change the value it advertises with Proclaim, and WithMaxHold
+// bounds how long any hold or term can last.
 //
 // # Semaphores and shared locks
 //
@@ -101,8 +109,8 @@
 // # Errors
 //
 // Errors start with "microlock:". Match them with errors.Is against
-// ErrLocked, ErrNotOwner, ErrLockLost, ErrClosed and ErrMismatch, and with errors.As
-// against *AlreadyLockedError. Errors from etcd and from the caller's
+// ErrLocked, ErrNotOwner, ErrLockLost, ErrMaxHold, ErrClosed and ErrMismatch,
+// and with errors.As against *AlreadyLockedError. Errors from etcd and from the caller's
 // context are wrapped, so errors.Is(err, context.Canceled) and the etcd
 // client's rpctypes errors match too.
 package microlock

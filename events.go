@@ -134,12 +134,14 @@ type Holding struct {
 // concurrency.Mutex or etcdctl lock. It reads the current state before it
 // returns (an error here means etcd could not be read), then sends it first
 // on the channel (Locked with holder and token, or Unlocked), then one event
-// per change of holder. Holds shorter than one etcd watch response may be
+// per change of holder or of its value. Holds shorter than one etcd watch response may be
 // reported together as the last one. Watch survives etcd restarts, lost
 // connections and compacted revisions by reading the state again, reporting
 // only real changes. For a semaphore or a shared lock, Holders and HeldBy
 // say how many hold it and who, and every change of that set is an event;
-// the lock is Locked while at least one holds it. The channel is closed after ctx is done: receive until
+// the lock is Locked while at least one holds it. A holder that changes its
+// value (Proclaim) is reported again, with the same token and the new
+// value. The channel is closed after ctx is done: receive until
 // then, or the goroutine that feeds it waits.
 func Watch(ctx context.Context, client *clientv3.Client, key string) (<-chan Event, error) {
 	switch {
@@ -219,9 +221,9 @@ func (w *watcher) state() Event {
 		Holders: len(held), HeldBy: held, Waiters: len(all) - len(held)}
 }
 
-// sameHold compares holds by token: a change of value alone is no change
-// of holder.
-func sameHold(a, b Holding) bool { return a.Token == b.Token }
+// sameHold compares holds by token and value: a holder's new value
+// (Proclaim) is a change too.
+func sameHold(a, b Holding) bool { return a.Token == b.Token && a.Holder == b.Holder }
 
 type queuedKey struct {
 	key string

@@ -33,6 +33,7 @@ type lease struct {
 
 	mu        sync.Mutex
 	deadline  time.Time // every hold on the lease is lost at this instant
+	cap       time.Time // WithMaxHold: no renewal is sent, and no deadline set, past this instant
 	refs      int       // holds and acquisitions using the lease
 	idleSince time.Time // when refs last fell to zero
 	idling    bool      // the loop's idle timer is running: unref need not wake it

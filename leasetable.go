@@ -71,11 +71,7 @@ func (t *leaseTable) acquire(ctx context.Context, client *clientv3.Client, ttl i
 // runs with a context of its own, bounded by grantTimeout, on the goroutine
 // of the singleflight group.
 func (t *leaseTable) grant(k leaseKey) error {
-	var e leaseEtcd = clientEtcd{k.client}
-	if t.etcd != nil {
-		e = t.etcd(k.client)
-	}
-	l, err := grant(context.Background(), k, e)
+	l, err := grant(context.Background(), k, t.etcdOf(k.client))
 	if err != nil {
 		return err
 	}
@@ -108,4 +104,13 @@ func (t *leaseTable) remove(l *lease) {
 		delete(t.leases, l.key)
 	}
 	t.mu.Unlock()
+}
+
+// etcdOf is how the leases of client reach etcd: through the client itself,
+// unless a test put a fake in the table.
+func (t *leaseTable) etcdOf(client *clientv3.Client) leaseEtcd {
+	if t.etcd != nil {
+		return t.etcd(client)
+	}
+	return clientEtcd{client}
 }

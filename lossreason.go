@@ -27,6 +27,9 @@ const (
 	// LossWatchFailed: the hold's key could no longer be watched, so that
 	// its deletion would have gone unseen.
 	LossWatchFailed
+	// LossMaxHold: the hold reached its WithMaxHold limit, and its lease
+	// was no longer renewed; Err matches ErrMaxHold.
+	LossMaxHold
 )
 
 var lossReasonNames = [...]string{
@@ -37,10 +40,12 @@ var lossReasonNames = [...]string{
 	LossClientClosed: "client_closed",
 	LossRenewFailed:  "renew_failed",
 	LossWatchFailed:  "watch_failed",
+	LossMaxHold:      "max_hold",
 }
 
 // String returns the reason in snake case ("deadline", "key_deleted",
-// "lease_revoked", "client_closed", "renew_failed", "watch_failed"), the
+// "lease_revoked", "client_closed", "renew_failed", "watch_failed",
+// "max_hold"), the
 // form metrics use as a label value.
 func (r LossReason) String() string {
 	if r >= 0 && int(r) < len(lossReasonNames) {

@@ -296,7 +296,7 @@ func TestLossReasonString(t *testing.T) {
 	for r, want := range map[microlock.LossReason]string{
 		microlock.LossNone: "none", microlock.LossDeadline: "deadline", microlock.LossKeyDeleted: "key_deleted",
 		microlock.LossLeaseRevoked: "lease_revoked", microlock.LossClientClosed: "client_closed",
-		microlock.LossRenewFailed: "renew_failed", microlock.LossWatchFailed: "watch_failed",
+		microlock.LossRenewFailed: "renew_failed", microlock.LossWatchFailed: "watch_failed", microlock.LossMaxHold: "max_hold",
 		microlock.LossReason(99): "LossReason(99)",
 	} {
 		if got := r.String(); got != want {

@@ -46,9 +46,10 @@ type options struct {
 	newBackoff func() backoff.BackOff
 	hook       func(Event)
 	noWait     bool
-	limit      int     // WithLimit; 0 when not given
-	shared     bool    // Shared
-	errs       []error // collected while applying, reported by validate
+	maxHold    time.Duration // 0: none
+	limit      int           // WithLimit; 0 when not given
+	shared     bool          // Shared
+	errs       []error       // collected while applying, reported by validate
 }
 
 // WithTTL sets the lease TTL. etcd grants whole seconds: ttl is rounded up to

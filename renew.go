@@ -28,6 +28,9 @@ import (
 // usually goes to another member.
 func (l *lease) keepAliveOnce(ctx context.Context) (renewal, error) {
 	for {
+		if l.pastCap() {
+			return renewal{}, errMaxHoldReached
+		}
 		actx, cancel := withTimer(ctx, attemptTimeout(l.ttl))
 		t0, resp, err := l.renewer.renew(actx, l.id)
 		err = timedOut(actx, err)
@@ -122,10 +125,10 @@ type renewLoop struct {
 // while a retry goes to another member. WithRequireLeader makes a member
 // without a leader answer at once.
 func (r *renewLoop) send() {
-	if r.inflight {
+	l := r.l
+	if r.inflight || l.pastCap() {
 		return
 	}
-	l := r.l
 	r.inflight = true
 	r.lastSend = time.Now()
 	rctx, rcancel := context.WithDeadline(clientv3.WithRequireLeader(r.ctx), l.currentDeadline())

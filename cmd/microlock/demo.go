@@ -31,6 +31,11 @@ holds the lock and is cut off from etcd (a proxy between them starts
 dropping every byte): its work is cancelled before the next worker can take
 over, and the demo prints both times and the margin between them.
 
+With --election, three candidates campaign for one election with
+microlock.Lead: the first leads, the others wait in line; the leader is cut
+off from etcd, stops leading before the next candidate takes over with a
+higher term, and goes back in line once it reaches etcd again.
+
 Without --endpoints, demo starts a single-member etcd on free loopback ports,
 with its data in a temporary directory that is removed at the end. It looks
 for the etcd binary in --etcd-binary, $MICROLOCK_ETCD, next to the microlock
@@ -39,7 +44,9 @@ into bin/ and runs the demo. With --endpoints, demo uses that cluster and
 writes only under the key microlock-demo/. demo reads no ETCDCTL_*
 variables: it touches no cluster unless you name it on the command line.`,
 		examples: `  make demo
+  make demo-election
   microlock demo
+  microlock demo --election
   microlock demo --etcd-binary /usr/local/bin/etcd
   microlock demo --endpoints 127.0.0.1:2379`,
 		connNote: "Connection flags, as in etcdctl, for the cluster named with --endpoints:",
@@ -61,6 +68,7 @@ func (c *cli) demo(args []string) error {
 	// No default cluster: without --endpoints the demo starts its own.
 	conn.endpoints, fs.Lookup("endpoints").DefValue = "", ""
 	etcdBin := fs.String("etcd-binary", "", "etcd server `path` to start when no --endpoints is given")
+	election := fs.Bool("election", false, "show leader election instead: three candidates, the leader cut off")
 	p, err := c.parseOrHelp(fs, args, demoHelp())
 	if err != nil {
 		return err
@@ -100,64 +108,14 @@ func (c *cli) demo(args []string) error {
 		where = "a local etcd at " + endpoint + ", data in " + srv.Dir()
 	}
 
-	err = runDemo(ctx, c.stdout, cfg, where)
+	err = runDemo(ctx, c.stdout, cfg, where, *election)
 	if ie := interrupted(ctx); ie != nil {
 		return ie
 	}
 	return err
 }
 
-// timeline prints what the workers do, one line per step, and checks that
-// no two of them are ever inside their critical sections at once.
-type timeline struct {
-	w  io.Writer
-	t0 time.Time
-
-	mu      sync.Mutex
-	inside  int
-	overlap bool
-	holders []string // in the order they took the lock
-	tokens  []int64
-}
-
-func (tl *timeline) say(who, format string, args ...any) {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	tl.sayLocked(who, format, args...)
-}
-
-func (tl *timeline) sayLocked(who, format string, args ...any) {
-	fmt.Fprintf(tl.w, "  %7.3fs  %-9s %s\n", time.Since(tl.t0).Seconds(), who, fmt.Sprintf(format, args...))
-}
-
-// enter records that who holds the lock with token and starts its work.
-func (tl *timeline) enter(who string, token int64) {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	tl.inside++
-	if tl.inside > 1 {
-		tl.overlap = true
-	}
-	tl.holders = append(tl.holders, who)
-	tl.tokens = append(tl.tokens, token)
-	tl.sayLocked(who, "holds the lock, fencing token %d", token)
-}
-
-// leave records that who stopped working, before it releases the lock.
-func (tl *timeline) leave(who, what string) {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	tl.inside--
-	tl.sayLocked(who, "%s", what)
-}
-
-func (tl *timeline) since(n int) (holders []string, tokens []int64) {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	return append([]string(nil), tl.holders[n:]...), append([]int64(nil), tl.tokens[n:]...)
-}
-
-func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string) error {
+func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string, election bool) error {
 	clients := make([]*clientv3.Client, demoWorkers)
 	for i := range clients {
 		cli, err := clientv3.New(cfg)
@@ -174,6 +132,14 @@ func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string
 		return etcdError(fmt.Errorf("microlock: demo: asking etcd for its status: %w", err))
 	}
 	fmt.Fprintf(w, "\nmicrolock demo on etcd %s (%s)\n", st.Version, where)
+	if election {
+		tl := &timeline{w: w, t0: time.Now(), entered: "leads, term %d"}
+		err := runElectionDemo(ctx, tl, cfg)
+		if tl.overlapped() {
+			return errors.New("microlock: demo: two candidates led at once")
+		}
+		return err
+	}
 	fmt.Fprintf(w, "Lock %q; every worker has its own etcd client; lease TTL %v.\n", demoKey, demoTTL)
 
 	tl := &timeline{w: w, t0: time.Now()}
@@ -190,10 +156,7 @@ func runDemo(ctx context.Context, w io.Writer, cfg clientv3.Config, where string
 	fmt.Fprintf(w, "  %d holds of one lock, never two at once: checked on every hold.\n", len(holders))
 	fmt.Fprintf(w, "  Fencing tokens, hold after hold: %s.\n", joinTokens(tokens, " < "))
 	fmt.Fprintf(w, "  The cut-off worker stopped working %v before the next worker held the lock.\n", takenAt.Sub(stoppedAt).Round(time.Millisecond))
-	tl.mu.Lock()
-	overlap := tl.overlap
-	tl.mu.Unlock()
-	if overlap {
+	if tl.overlapped() {
 		return errors.New("microlock: demo: two workers held the lock at once")
 	}
 	return nil

@@ -70,3 +70,38 @@ func TestDemoWithoutEtcd(t *testing.T) {
 		t.Fatalf("demo without etcd: exit %d, stderr:\n%s", code, stderr)
 	}
 }
+
+// TestDemoElection runs the election demo as `make demo-election` does: the
+// leader is cut off, stops leading before the next candidate leads with a
+// higher term, and goes back in line.
+func TestDemoElection(t *testing.T) {
+	t.Parallel()
+	bin, err := etcdtest.EtcdBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, nil, "demo", "--election", "--etcd-binary", bin)
+	p.expectExit(60*time.Second, 0)
+	out := p.stdout.String()
+	t.Logf("demo --election:\n%s", out)
+	for _, want := range []string{
+		"candidate-1 leads, term ",
+		"candidate-1 stops leading: microlock: lock on \"microlock-demo/scheduler\" lost",
+		"candidate-2 leads, term ",
+		"candidate-1 is back in line",
+		"Leaders in turn: candidate-1 → candidate-2; never two at once",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo --election output lacks %q", want)
+		}
+	}
+	// The order of the story: the leader stops before the next one leads.
+	stop, next := strings.Index(out, "candidate-1 stops leading"), strings.Index(out, "candidate-2 leads")
+	if stop < 0 || next < stop {
+		t.Errorf("the cut-off leader's stop is not before the next leader's term")
+	}
+	m := regexp.MustCompile(`term (\d+) > (\d+)`).FindStringSubmatch(out)
+	if m == nil || len(m[1]) < len(m[2]) || (len(m[1]) == len(m[2]) && m[1] <= m[2]) {
+		t.Errorf("the next leader's term is not above the first's: %q", m)
+	}
+}

@@ -1,13 +1,15 @@
 //go:build unix
 
 // Command microlock runs a command under a distributed lock in etcd, shows
-// and watches who holds a lock, breaks a stuck hold, and demonstrates the
-// microlock library.
+// and watches who holds a lock, runs a command whenever this node leads an
+// election, breaks a stuck hold, and demonstrates the microlock library.
 //
 //	microlock run [flags] KEY -- CMD [ARGS...]
 //	microlock holder [flags] KEY
 //	microlock list [flags] PREFIX
 //	microlock watch [flags] KEY
+//	microlock elect [flags] KEY -- CMD [ARGS...]
+//	microlock elect --listen [flags] KEY
 //	microlock break [flags] KEY
 //	microlock demo [flags]
 //
@@ -48,6 +50,8 @@ Usage:
   microlock holder [flags] KEY                 show who holds KEY
   microlock list [flags] PREFIX                list every lock held under PREFIX
   microlock watch [flags] KEY                  print every change of KEY's holder
+  microlock elect [flags] KEY -- CMD [ARGS...] run CMD each time this node leads KEY
+  microlock elect --listen [flags] KEY         print every change of KEY's leader
   microlock break [flags] KEY                  end the current hold on KEY (a last resort)
   microlock demo [flags]                       watch the lock at work on a local etcd
   microlock help [COMMAND]                     show a command's help
@@ -64,6 +68,7 @@ func commands() map[string]command {
 		"holder": (*cli).holder,
 		"list":   (*cli).list,
 		"watch":  (*cli).watch,
+		"elect":  (*cli).elect,
 		"break":  (*cli).breakLock,
 		"demo":   (*cli).demo,
 	}

@@ -337,13 +337,13 @@ func (c *cli) tryAcquire(ctx context.Context, client *clientv3.Client, conn *con
 	// Out of time: say who has the lock, or that etcd could not be asked.
 	qctx, qcancel := context.WithTimeout(context.Background(), conn.commandTimeout)
 	defer qcancel()
-	st, qerr := readState(qctx, client, m.Key())
+	ev, qerr := microlock.Holder(qctx, client, m.Key())
 	switch {
 	case qerr != nil:
 		return etcdError(fmt.Errorf("microlock: %q not acquired within --wait-timeout %v; etcd did not answer: %w", m.Key(), f.waitTimeout, qerr))
-	case st.locked:
+	case ev.Type == microlock.Locked:
 		return &exitError{code: exitLocked, err: fmt.Errorf("microlock: %q is still locked by %s (token %d) after --wait-timeout %v",
-			m.Key(), quoted(st.holder), st.token, f.waitTimeout)}
+			m.Key(), quoted([]byte(ev.Holder)), ev.Token, f.waitTimeout)}
 	default:
 		return &exitError{code: exitLocked, err: fmt.Errorf("microlock: %q not acquired within --wait-timeout %v", m.Key(), f.waitTimeout)}
 	}

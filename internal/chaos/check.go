@@ -23,7 +23,7 @@ const (
 // Checks lists the checks in the order reports show them.
 func Checks() []string {
 	return []string{CheckLostUpdate, CheckMissingWrite, CheckTokenOrder, CheckNonHolder, CheckLossOrder, CheckLiveness, CheckHistory,
-		CheckOverLimit, CheckSharedExcl}
+		CheckOverLimit, CheckSharedExcl, CheckTermNoKey, CheckRecampaign}
 }
 
 // LivenessSlack is how long after TTL a healed fault may go without an
@@ -89,6 +89,12 @@ type Result struct {
 	ToLoss, ToAcquire map[Kind][]time.Duration
 	// From a lost holder's loss signal to the next holder's acquisition.
 	Margins []time.Duration
+
+	// The leader variant's terms, lost terms, lost terms after which the
+	// worker campaigned again, and for every fault that deposed a leader
+	// the time from the fault to the next leader.
+	Terms, TermsLost, TermsRecampaigned int
+	ToLeader                            []time.Duration
 
 	// Pauses says, for every worker paused while it held the lock, where in
 	// its hold the pause caught it and what it did on waking.
@@ -185,6 +191,7 @@ func Check(run *Run) *Result {
 	}
 	c.acknowledged()
 	c.faults()
+	c.leader()
 	return c.res
 }
 

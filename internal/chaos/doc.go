@@ -8,7 +8,7 @@
 // writer did not hold the lock, loss signals that came after another node
 // took over, and stalls.
 //
-// The workload runs twice, once per defence. The plain variant relies on the
+// The lock workload runs twice, once per defence. The plain variant relies on the
 // loss signal alone: its unguarded Put uses fn's context. The fenced variant
 // relies on the fence alone: its Txn, guarded by IsOwner, goes out whatever
 // the context says, so that etcd, not the worker, must refuse a late write.
@@ -21,6 +21,12 @@
 // but a category of its own, CategoryEtcd, reported case by case with its
 // evidence: the workers' lease requests, with the times they were sent and
 // answered, and the members' logs, which the run keeps.
+//
+// The leader variant runs microlock.Lead in every worker instead: each term
+// writes as the fenced variant does, and the checker also counts terms that
+// started without their key, lost terms after which the worker did not
+// campaign again, and the time from a fault that deposed a leader to the
+// next leader (leader.go).
 //
 // This package holds what the test and the worker program share: the
 // shared clock, the records, the schedule, the checker and the report. The

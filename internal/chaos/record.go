@@ -18,6 +18,10 @@ const (
 	// with a context of their own: only the fence, in etcd, keeps a late
 	// write from landing.
 	Fenced Variant = "fenced"
+	// Leader workers run one Lead each: every term writes as Fenced does,
+	// then leads until its context ends or the term's time is up (see
+	// leader.go).
+	Leader Variant = "leader"
 )
 
 // Write outcomes in a Record.
@@ -60,6 +64,12 @@ type Record struct {
 	Lost int64  `json:"lost"`
 	End  int64  `json:"end"` // WithLock returned
 	Err  string `json:"err,omitempty"`
+
+	// KeyCheck is, in the leader variant, what a read at the start of the
+	// term found of the term's own key: KeyHeld, KeyMissing or KeyUnknown
+	// (no answer); KeyChecked is when the answer came.
+	KeyCheck   string `json:"keyCheck,omitempty"`
+	KeyChecked int64  `json:"keyChecked,omitempty"`
 
 	// Renewed lists the hold's Renewed events (OnEvent), each when the hook
 	// ran: just after microlock saw a renewal acknowledged, so an upper

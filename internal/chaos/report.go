@@ -121,6 +121,13 @@ func (s summary) pauses() {
 func (s summary) timings() {
 	s.row("fault → loss signal: median / p99 / max", func(r *Result) string { return dist(all(r.ToLoss)) })
 	s.row("fault → next acquisition: median / p99 / max", func(r *Result) string { return dist(all(r.ToAcquire)) })
+	s.row("leader: terms / lost / re-campaigned", func(r *Result) string {
+		if r.Variant != Leader {
+			return "-"
+		}
+		return fmt.Sprintf("%d / %d / %d", r.Terms, r.TermsLost, r.TermsRecampaigned)
+	})
+	s.row("leader: fault → next leader: median / p99 / max", func(r *Result) string { return dist(r.ToLeader) })
 	s.row("loss signal → takeover: min / median", func(r *Result) string {
 		if len(r.Margins) == 0 {
 			return "-"

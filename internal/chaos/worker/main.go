@@ -1,5 +1,5 @@
 // Command worker is one process of microlock's fault-injection suite. It
-// loops WithLock on one key and, while it holds the lock, increments a
+// loops WithLock (or, in the leader variant, runs Lead) on one key and, while it holds the lock, increments a
 // counter in etcd with a deliberately non-atomic read-modify-write. It
 // writes one JSON line per WithLock call (see chaos.Record) and stops when
 // its standard input closes, which is how the suite stops it, and also what
@@ -99,7 +99,7 @@ func parseFlags() (w *worker, out, members, endpoints string, ok bool) {
 		names   = flag.String("members", "", "comma-separated names of the members behind the endpoints, in the same order")
 		key     = flag.String("key", "chaos/register", "lock key")
 		counter = flag.String("counter", "chaos/counter", "counter key")
-		variant = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner), semaphore or shared (see chaos.Semaphore)")
+		variant = flag.String("variant", string(chaos.Plain), "plain (unguarded Put), fenced (Txn guarded by IsOwner), semaphore or shared (see chaos.Semaphore), or leader (Lead, fenced writes)")
 		ttl     = flag.Duration("ttl", 2*time.Second, "lock TTL")
 		records = flag.String("out", "", "file to append records to")
 		seed    = flag.Uint64("seed", 1, "seed for the pause inside the read-modify-write")
@@ -108,7 +108,7 @@ func parseFlags() (w *worker, out, members, endpoints string, ok bool) {
 	)
 	flag.Parse()
 	v := chaos.Variant(*variant)
-	if *node == "" || *eps == "" || *records == "" || (v != chaos.Plain && v != chaos.Fenced && !v.Admission()) || *maxWait < *minWait {
+	if *node == "" || *eps == "" || *records == "" || (v != chaos.Plain && v != chaos.Fenced && v != chaos.Leader && !v.Admission()) || *maxWait < *minWait {
 		return nil, "", "", "", false
 	}
 	w = &worker{
@@ -127,12 +127,19 @@ func parseFlags() (w *worker, out, members, endpoints string, ok bool) {
 // loop calls WithLock again and again until ctx ends, and appends a record
 // of each call, with the requests it made, to f.
 func (w *worker) loop(ctx context.Context, ops *opLog, f *os.File) error {
-	for seq := int64(1); ctx.Err() == nil; seq++ {
-		rec := w.call(ctx, seq)
+	write := func(rec chaos.Record) error {
 		rec.Ops = ops.drain()
 		line, _ := json.Marshal(rec) // a Record always encodes
 		// One write per line: a worker killed mid-way leaves whole lines.
-		if _, err := f.Write(append(line, '\n')); err != nil {
+		_, err := f.Write(append(line, '\n'))
+		return err
+	}
+	if w.variant == chaos.Leader {
+		return w.runLeader(ctx, write)
+	}
+	for seq := int64(1); ctx.Err() == nil; seq++ {
+		rec := w.call(ctx, seq)
+		if err := write(rec); err != nil {
 			return err
 		}
 		if rec.Acq == 0 && ctx.Err() == nil {
@@ -144,6 +151,17 @@ func (w *worker) loop(ctx context.Context, ops *opLog, f *os.File) error {
 		}
 	}
 	return nil
+}
+
+// runLeader is the leader variant's run: one Lead, a record per term.
+func (w *worker) runLeader(ctx context.Context, write func(chaos.Record) error) error {
+	var werr error
+	err := w.lead(ctx, func(rec chaos.Record) {
+		if err := write(rec); err != nil && werr == nil {
+			werr = err
+		}
+	})
+	return errors.Join(err, werr)
 }
 
 type worker struct {
@@ -288,7 +306,7 @@ func (w *worker) increment(ctx context.Context, rec *chaos.Record, lostSeen *int
 // member it went to. acked is false if the guard refused it.
 func (w *worker) write(ctx context.Context, rec *chaos.Record, guard clientv3.Cmp, val string) (rev int64, acked bool, err error) {
 	wctx := ctx
-	if w.variant == chaos.Fenced {
+	if w.variant == chaos.Fenced || w.variant == chaos.Leader {
 		wctx = context.WithoutCancel(ctx)
 	}
 	wctx, cancel := context.WithTimeout(wctx, writeTimeout)
@@ -303,7 +321,7 @@ func (w *worker) write(ctx context.Context, rec *chaos.Record, guard clientv3.Cm
 		if r, err = w.cli.Put(wctx, w.counter, val); err == nil {
 			rev = r.Header.Revision
 		}
-	case chaos.Fenced:
+	case chaos.Fenced, chaos.Leader:
 		var r *clientv3.TxnResponse
 		r, err = w.cli.Txn(wctx).If(guard).Then(clientv3.OpPut(w.counter, val)).Commit()
 		if err == nil {

@@ -1,0 +1,79 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/microlock/microlock"
+)
+
+// listen is elect --listen: the current leader, then every change of leader
+// or of its value, until SIGINT or SIGTERM.
+func (c *cli) listen(fs *pflag.FlagSet, conn *connFlags, key string, asJSON bool) error {
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return err
+	}
+	client, err := conn.client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, stop := onSignals(context.Background())
+	defer stop()
+	// Watch reads the state with ctx, which has no deadline: check first
+	// that etcd answers, so that a wrong endpoint fails fast.
+	pctx, pcancel := context.WithTimeout(ctx, conn.commandTimeout)
+	_, err = client.Get(pctx, key+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	pcancel()
+	if err == nil {
+		var events <-chan microlock.Event
+		if events, err = microlock.Watch(ctx, client, key); err == nil {
+			for ev := range events {
+				if werr := printLeader(c.stdout, ev, time.Now(), asJSON); werr != nil {
+					return fmt.Errorf("microlock: elect --listen: %w", werr)
+				}
+			}
+			return nil // the channel closes only once ctx is done
+		}
+	}
+	if interrupted(ctx) != nil {
+		return nil
+	}
+	return etcdError(fmt.Errorf("microlock: listening to %q on etcd at %s: %w", key, conn.endpoints, err))
+}
+
+type leaderJSON struct {
+	Time   string `json:"time"`
+	Key    string `json:"key"`
+	Event  string `json:"event"`
+	Leader string `json:"leader"`
+	Term   int64  `json:"term"`
+}
+
+// printLeader prints one change of leadership.
+func printLeader(w io.Writer, ev microlock.Event, at time.Time, asJSON bool) error {
+	leader, _ := clip([]byte(ev.Holder))
+	event := "leader"
+	if ev.Type != microlock.Locked {
+		event, leader = "no leader", ""
+	}
+	if asJSON {
+		return json.NewEncoder(w).Encode(leaderJSON{Time: at.Format(timeLayout), Key: ev.Key, Event: event, Leader: leader, Term: ev.Token})
+	}
+	var err error
+	if ev.Type == microlock.Locked {
+		_, err = fmt.Fprintf(w, "%s  leader     %s  %s  term %d\n", at.Format(timeLayout), strconv.Quote(ev.Key), quoted([]byte(ev.Holder)), ev.Token)
+	} else {
+		_, err = fmt.Fprintf(w, "%s  no leader  %s\n", at.Format(timeLayout), strconv.Quote(ev.Key))
+	}
+	return err
+}
