@@ -40,6 +40,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/lockmetrics"
 )
 
 // ScopeName is the instrumentation scope of the meter the adapter uses.
@@ -81,10 +82,10 @@ func WithKeyAttribute(f func(key string) string) Option {
 // Bucket boundaries of the histograms, in seconds; the same as the
 // Prometheus adapter's.
 var (
-	WaitBuckets    = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
-	HoldBuckets    = []float64{.001, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900, 3600}
-	LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
-	MarginBuckets  = []float64{.25, .5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60}
+	WaitBuckets    = lockmetrics.WaitBuckets()
+	HoldBuckets    = lockmetrics.HoldBuckets()
+	LatencyBuckets = lockmetrics.LatencyBuckets()
+	MarginBuckets  = lockmetrics.MarginBuckets()
 )
 
 // New creates the instruments on a meter of mp. It returns an error if mp
@@ -138,59 +139,36 @@ func (m *Metrics) Option() microlock.Option { return microlock.OnEvent(m.Observe
 // Observe records one event. Option passes it every event of a lock; call
 // it yourself from a hook of your own if you prefer.
 func (m *Metrics) Observe(ev microlock.Event) {
-	ctx := context.Background()
-	switch ev.Type {
-	case microlock.Queued:
-		m.waiting.Add(ctx, 1, m.key(ev))
-	case microlock.Acquired:
-		key := m.key(ev)
-		m.wait.Record(ctx, ev.Waited.Seconds(), metric.WithAttributes(KeyAttr.String(m.keyAttr(ev.Key)), ResultAttr.String("acquired")))
-		m.held.Add(ctx, 1, key)
-		if ev.Place > 0 {
-			m.waiting.Add(ctx, -1, key)
-		}
-	case microlock.GaveUp:
-		m.wait.Record(ctx, ev.Waited.Seconds(), metric.WithAttributes(KeyAttr.String(m.keyAttr(ev.Key)), ResultAttr.String(result(ev.Err))))
-		if ev.Place > 0 {
-			m.waiting.Add(ctx, -1, m.key(ev))
-		}
-	case microlock.Released, microlock.Lost:
-		end := "released"
-		if ev.Type == microlock.Lost {
-			end = "lost"
-			m.losses.Add(ctx, 1, metric.WithAttributes(KeyAttr.String(m.keyAttr(ev.Key)), ReasonAttr.String(ev.Reason.String())))
-		}
-		m.hold.Record(ctx, ev.Held.Seconds(), metric.WithAttributes(KeyAttr.String(m.keyAttr(ev.Key)), EndAttr.String(end)))
-		m.held.Add(ctx, -1, m.key(ev))
-	case microlock.Renewed:
-		m.latency.Record(ctx, ev.Latency.Seconds())
-		m.margin.Record(ctx, ev.Margin.Seconds())
-	case microlock.Retrying:
-		m.retries.Add(ctx, 1)
-	}
+	lockmetrics.Observe((*recorder)(m), ev, m.keyAttr)
 }
 
-func (m *Metrics) key(ev microlock.Event) metric.MeasurementOption {
-	return metric.WithAttributes(KeyAttr.String(m.keyAttr(ev.Key)))
+// recorder is Metrics as a lockmetrics.Recorder, without those methods in
+// Metrics' own API.
+type recorder Metrics
+
+func (r *recorder) Wait(key, result string, s float64) {
+	r.wait.Record(context.Background(), s, metric.WithAttributes(KeyAttr.String(key), ResultAttr.String(result)))
 }
 
-// result names why a Lock returned err, as the microlock.result attribute:
-// acquired (nil), locked (NoWait found it held), canceled (the caller's
-// context ended), lost (the place in the queue was lost), closed (the Mutex
-// was closed) or error (anything else).
-func result(err error) string {
-	switch {
-	case err == nil:
-		return "acquired"
-	case errors.Is(err, microlock.ErrLocked):
-		return "locked"
-	case errors.Is(err, microlock.ErrLockLost):
-		return "lost"
-	case errors.Is(err, microlock.ErrClosed):
-		return "closed"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
-	default:
-		return "error"
-	}
+func (r *recorder) Hold(key, end string, s float64) {
+	r.hold.Record(context.Background(), s, metric.WithAttributes(KeyAttr.String(key), EndAttr.String(end)))
+}
+
+func (r *recorder) Loss(key, reason string) {
+	r.losses.Add(context.Background(), 1, metric.WithAttributes(KeyAttr.String(key), ReasonAttr.String(reason)))
+}
+
+func (r *recorder) Renewal(latency, margin float64) {
+	r.latency.Record(context.Background(), latency)
+	r.margin.Record(context.Background(), margin)
+}
+
+func (r *recorder) Retry() { r.retries.Add(context.Background(), 1) }
+
+func (r *recorder) Held(key string, d int64) {
+	r.held.Add(context.Background(), d, metric.WithAttributes(KeyAttr.String(key)))
+}
+
+func (r *recorder) Waiting(key string, d int64) {
+	r.waiting.Add(context.Background(), d, metric.WithAttributes(KeyAttr.String(key)))
 }

@@ -27,12 +27,10 @@
 package prometheus
 
 import (
-	"context"
-	"errors"
-
 	prom "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/lockmetrics"
 )
 
 // Metrics is a prometheus.Collector of microlock's events. Register it once
@@ -67,19 +65,20 @@ func WithKeyLabel(f func(key string) string) Option {
 	}
 }
 
-// Buckets of the histograms, in seconds.
+// Buckets of the histograms, in seconds; the same in the OpenTelemetry
+// adapter and in the microlock command's /metrics.
 var (
 	// WaitBuckets spans an uncontended acquisition (a millisecond) to a
 	// job that waits minutes for its turn.
-	WaitBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
+	WaitBuckets = lockmetrics.WaitBuckets()
 	// HoldBuckets spans a short critical section to an hour-long job.
-	HoldBuckets = []float64{.001, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900, 3600}
+	HoldBuckets = lockmetrics.HoldBuckets()
 	// LatencyBuckets spans a renewal's round trip.
-	LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	LatencyBuckets = lockmetrics.LatencyBuckets()
 	// MarginBuckets spans the time left before the loss deadline: about
 	// two thirds of the TTL when renewals are healthy, near zero before a
 	// loss.
-	MarginBuckets = []float64{.25, .5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60}
+	MarginBuckets = lockmetrics.MarginBuckets()
 )
 
 // New returns a Metrics; register it with a prometheus.Registerer.
@@ -137,37 +136,7 @@ func (m *Metrics) Option() microlock.Option { return microlock.OnEvent(m.Observe
 // Observe records one event. Option passes it every event of a lock; call
 // it yourself from a hook of your own if you prefer.
 func (m *Metrics) Observe(ev microlock.Event) {
-	switch ev.Type {
-	case microlock.Queued:
-		m.waiting.WithLabelValues(m.keyLabel(ev.Key)).Inc()
-	case microlock.Acquired:
-		key := m.keyLabel(ev.Key)
-		m.wait.WithLabelValues(key, "acquired").Observe(ev.Waited.Seconds())
-		m.held.WithLabelValues(key).Inc()
-		if ev.Place > 0 {
-			m.waiting.WithLabelValues(key).Dec()
-		}
-	case microlock.GaveUp:
-		key := m.keyLabel(ev.Key)
-		m.wait.WithLabelValues(key, Result(ev.Err)).Observe(ev.Waited.Seconds())
-		if ev.Place > 0 {
-			m.waiting.WithLabelValues(key).Dec()
-		}
-	case microlock.Released:
-		key := m.keyLabel(ev.Key)
-		m.hold.WithLabelValues(key, "released").Observe(ev.Held.Seconds())
-		m.held.WithLabelValues(key).Dec()
-	case microlock.Lost:
-		key := m.keyLabel(ev.Key)
-		m.hold.WithLabelValues(key, "lost").Observe(ev.Held.Seconds())
-		m.held.WithLabelValues(key).Dec()
-		m.losses.WithLabelValues(key, ev.Reason.String()).Inc()
-	case microlock.Renewed:
-		m.latency.Observe(ev.Latency.Seconds())
-		m.margin.Observe(ev.Margin.Seconds())
-	case microlock.Retrying:
-		m.retries.Inc()
-	}
+	lockmetrics.Observe((*recorder)(m), ev, m.keyLabel)
 }
 
 // Result names why a Lock returned err, as the result label of
@@ -175,21 +144,23 @@ func (m *Metrics) Observe(ev microlock.Event) {
 // held), canceled (the caller's context ended), lost (the place in the
 // queue was lost), closed (the Mutex was closed) or error (anything else:
 // etcd refused, or a retry policy gave up).
-func Result(err error) string {
-	switch {
-	case err == nil:
-		return "acquired"
-	case errors.Is(err, microlock.ErrLocked):
-		return "locked"
-	case errors.Is(err, microlock.ErrLockLost):
-		return "lost"
-	case errors.Is(err, microlock.ErrClosed):
-		return "closed"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
-	default:
-		return "error"
-	}
+func Result(err error) string { return lockmetrics.Result(err) }
+
+// recorder is Metrics as a lockmetrics.Recorder, without those methods in
+// Metrics' own API.
+type recorder Metrics
+
+func (r *recorder) Wait(key, result string, s float64) {
+	r.wait.WithLabelValues(key, result).Observe(s)
+}
+func (r *recorder) Hold(key, end string, s float64) { r.hold.WithLabelValues(key, end).Observe(s) }
+func (r *recorder) Loss(key, reason string)         { r.losses.WithLabelValues(key, reason).Inc() }
+func (r *recorder) Retry()                          { r.retries.Inc() }
+func (r *recorder) Held(key string, d int64)        { r.held.WithLabelValues(key).Add(float64(d)) }
+func (r *recorder) Waiting(key string, d int64)     { r.waiting.WithLabelValues(key).Add(float64(d)) }
+func (r *recorder) Renewal(latency, margin float64) {
+	r.latency.Observe(latency)
+	r.margin.Observe(margin)
 }
 
 // Describe implements prometheus.Collector.

@@ -8,8 +8,6 @@
 package promtext
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,14 +17,15 @@ import (
 	"sync"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/lockmetrics"
 )
 
 // Buckets of the histograms, in seconds: those of contrib/prometheus.
 var (
-	WaitBuckets    = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
-	HoldBuckets    = []float64{.001, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900, 3600}
-	LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
-	MarginBuckets  = []float64{.25, .5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 60}
+	WaitBuckets    = lockmetrics.WaitBuckets()
+	HoldBuckets    = lockmetrics.HoldBuckets()
+	LatencyBuckets = lockmetrics.LatencyBuckets()
+	MarginBuckets  = lockmetrics.MarginBuckets()
 )
 
 // Metrics records events; it is safe for concurrent use. Its zero value is
@@ -65,49 +64,22 @@ func New() *Metrics {
 func (m *Metrics) Observe(ev microlock.Event) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch ev.Type {
-	case microlock.Queued:
-		m.waiting.add(1, ev.Key)
-	case microlock.Acquired, microlock.GaveUp:
-		m.wait.observe(ev.Waited.Seconds(), ev.Key, Result(ev.Err))
-		if ev.Type == microlock.Acquired {
-			m.held.add(1, ev.Key)
-		}
-		if ev.Place > 0 {
-			m.waiting.add(-1, ev.Key)
-		}
-	case microlock.Released:
-		m.hold.observe(ev.Held.Seconds(), "released", ev.Key)
-		m.held.add(-1, ev.Key)
-	case microlock.Lost:
-		m.hold.observe(ev.Held.Seconds(), "lost", ev.Key)
-		m.held.add(-1, ev.Key)
-		m.losses.add(1, ev.Key, ev.Reason.String())
-	case microlock.Renewed:
-		m.latency.observe(ev.Latency.Seconds())
-		m.margin.observe(ev.Margin.Seconds())
-	case microlock.Retrying:
-		m.retries++
-	}
+	lockmetrics.Observe((*recorder)(m), ev, func(k string) string { return k })
 }
 
-// Result names why a Lock returned err, as contrib/prometheus's Result
-// does: acquired, locked, canceled, lost, closed or error.
-func Result(err error) string {
-	switch {
-	case err == nil:
-		return "acquired"
-	case errors.Is(err, microlock.ErrLocked):
-		return "locked"
-	case errors.Is(err, microlock.ErrLockLost):
-		return "lost"
-	case errors.Is(err, microlock.ErrClosed):
-		return "closed"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
-	default:
-		return "error"
-	}
+// recorder is Metrics as a lockmetrics.Recorder; its methods run with mu
+// held.
+type recorder Metrics
+
+func (r *recorder) Wait(key, result string, s float64) { r.wait.observe(s, key, result) }
+func (r *recorder) Hold(key, end string, s float64)    { r.hold.observe(s, end, key) }
+func (r *recorder) Loss(key, reason string)            { r.losses.add(1, key, reason) }
+func (r *recorder) Retry()                             { r.retries++ }
+func (r *recorder) Held(key string, d int64)           { r.held.add(float64(d), key) }
+func (r *recorder) Waiting(key string, d int64)        { r.waiting.add(float64(d), key) }
+func (r *recorder) Renewal(latency, margin float64) {
+	r.latency.observe(latency)
+	r.margin.observe(margin)
 }
 
 // ServeHTTP writes the metrics, for a scrape.

@@ -2,7 +2,6 @@ package promtext
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -96,16 +95,5 @@ func TestEmpty(t *testing.T) {
 	}
 	if strings.Contains(body, "microlock_held") || strings.Contains(body, "microlock_acquire_wait_seconds") {
 		t.Errorf("a family with labels but no series:\n%s", body)
-	}
-}
-
-func TestResult(t *testing.T) {
-	for err, want := range map[error]string{
-		nil: "acquired", &microlock.AlreadyLockedError{}: "locked", microlock.ErrLockLost: "lost",
-		microlock.ErrClosed: "closed", context.DeadlineExceeded: "canceled", errors.New("x"): "error",
-	} {
-		if got := Result(err); got != want {
-			t.Errorf("Result(%v) = %q, want %q", err, got, want)
-		}
 	}
 }
