@@ -2,7 +2,6 @@ package microlock_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -11,12 +10,12 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
+	"github.com/microlock/microlock/internal/testmain"
 )
 
 // shared is a single-node etcd that most tests and every example use; each
@@ -31,23 +30,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperProcessEnv) != "" {
 		os.Exit(helperProcess())
 	}
-	c, err := etcdtest.Launch(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting etcd:", err)
-		os.Exit(2)
-	}
-	shared = c
-	code := m.Run()
-	c.Stop()
-	if code == 0 {
-		// Every goroutine the library started must have been stopped by
-		// now, including those of tests that failed on purpose.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, func(c *etcdtest.Cluster) { shared = c }))
 }
 
 // client returns a client of the shared etcd, closed at the end of the test.

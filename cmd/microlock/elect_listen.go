@@ -3,7 +3,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/microlock/microlock"
 )
@@ -27,28 +25,12 @@ func (c *cli) listen(fs *pflag.FlagSet, conn *connFlags, key string, asJSON bool
 		return err
 	}
 	defer client.Close()
-	ctx, stop := onSignals(context.Background())
-	defer stop()
-	// Watch reads the state with ctx, which has no deadline: check first
-	// that etcd answers, so that a wrong endpoint fails fast.
-	pctx, pcancel := context.WithTimeout(ctx, conn.commandTimeout)
-	_, err = client.Get(pctx, key+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	pcancel()
-	if err == nil {
-		var events <-chan microlock.Event
-		if events, err = microlock.Watch(ctx, client, key); err == nil {
-			for ev := range events {
-				if werr := printLeader(c.stdout, ev, time.Now(), asJSON); werr != nil {
-					return fmt.Errorf("microlock: elect --listen: %w", werr)
-				}
-			}
-			return nil // the channel closes only once ctx is done
+	return follow(client, conn, key, "listening to", func(ev microlock.Event) error {
+		if err := printLeader(c.stdout, ev, time.Now(), asJSON); err != nil {
+			return fmt.Errorf("microlock: elect --listen: %w", err)
 		}
-	}
-	if interrupted(ctx) != nil {
 		return nil
-	}
-	return etcdError(fmt.Errorf("microlock: listening to %q on etcd at %s: %w", key, conn.endpoints, err))
+	})
 }
 
 type leaderJSON struct {

@@ -62,16 +62,13 @@ func (c *cli) holder(args []string) error {
 	}
 	defer client.Close()
 
-	ctx, stop := onSignals(context.Background())
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, conn.commandTimeout)
-	defer cancel()
-	st, err := readState(ctx, client, key)
+	var st lockState
+	err = askEtcd(conn, fmt.Sprintf("reading %q", key), func(ctx context.Context) (err error) {
+		st, err = readState(ctx, client, key)
+		return err
+	})
 	if err != nil {
-		if ie := interrupted(ctx); ie != nil {
-			return ie
-		}
-		return etcdError(fmt.Errorf("microlock: reading %q from etcd at %s: %w", key, conn.endpoints, err))
+		return err
 	}
 	if *asJSON {
 		return st.writeJSON(c.stdout)
@@ -82,6 +79,23 @@ func (c *cli) holder(args []string) error {
 
 // keyAndClient parses the flags and the single KEY of holder and watch, and
 // connects to etcd.
+// askEtcd runs read, one look at etcd, bounded by --command-timeout and
+// ended by SIGINT or SIGTERM: holder's and list's request. doing names it
+// in an error (`reading "KEY"`).
+func askEtcd(conn *connFlags, doing string, read func(context.Context) error) error {
+	ctx, stop := onSignals(context.Background())
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, conn.commandTimeout)
+	defer cancel()
+	if err := read(ctx); err != nil {
+		if ie := interrupted(ctx); ie != nil {
+			return ie
+		}
+		return etcdError(fmt.Errorf("microlock: %s from etcd at %s: %w", doing, conn.endpoints, err))
+	}
+	return nil
+}
+
 func (c *cli) keyAndClient(cmd string, fs *pflag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
 	p, err := c.parseOrHelp(fs, args, h)
 	if err != nil {

@@ -66,16 +66,13 @@ func (c *cli) list(args []string) error {
 	}
 	defer client.Close()
 
-	ctx, stop := onSignals(context.Background())
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, conn.commandTimeout)
-	defer cancel()
-	locks, err := readLocks(ctx, client, prefix)
+	var locks []lockState
+	err = askEtcd(conn, fmt.Sprintf("listing the locks under %q", prefix), func(ctx context.Context) (err error) {
+		locks, err = readLocks(ctx, client, prefix)
+		return err
+	})
 	if err != nil {
-		if ie := interrupted(ctx); ie != nil {
-			return ie
-		}
-		return etcdError(fmt.Errorf("microlock: listing the locks under %q from etcd at %s: %w", prefix, conn.endpoints, err))
+		return err
 	}
 	if *asJSON {
 		for _, st := range locks {

@@ -48,19 +48,31 @@ func (c *cli) watch(args []string) error {
 	}
 	defer client.Close()
 
+	return follow(client, conn, key, "watching", func(ev microlock.Event) error {
+		if err := printEvent(c.stdout, ev, time.Now(), *asJSON); err != nil {
+			return fmt.Errorf("microlock: watch: %w", err)
+		}
+		return nil
+	})
+}
+
+// follow prints, with print, the state of key and then every change, until
+// SIGINT or SIGTERM: watch's and elect --listen's loop. doing names it in
+// an error ("watching").
+func follow(client *clientv3.Client, conn *connFlags, key, doing string, print func(microlock.Event) error) error {
 	ctx, stop := onSignals(context.Background())
 	defer stop()
 	// Watch reads the state with ctx, which has no deadline: check first
 	// that etcd answers, so that a wrong endpoint fails fast.
 	pctx, pcancel := context.WithTimeout(ctx, conn.commandTimeout)
-	_, err = client.Get(pctx, key+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	_, err := client.Get(pctx, key+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	pcancel()
 	if err == nil {
 		var events <-chan microlock.Event
 		if events, err = microlock.Watch(ctx, client, key); err == nil {
 			for ev := range events {
-				if werr := printEvent(c.stdout, ev, time.Now(), *asJSON); werr != nil {
-					return fmt.Errorf("microlock: watch: %w", werr)
+				if err := print(ev); err != nil {
+					return err
 				}
 			}
 			return nil // the channel closes only once ctx is done
@@ -69,7 +81,7 @@ func (c *cli) watch(args []string) error {
 	if interrupted(ctx) != nil {
 		return nil
 	}
-	return etcdError(fmt.Errorf("microlock: watching %q on etcd at %s: %w", key, conn.endpoints, err))
+	return etcdError(fmt.Errorf("microlock: %s %q on etcd at %s: %w", doing, key, conn.endpoints, err))
 }
 
 type eventJSON struct {

@@ -1,32 +1,16 @@
 package otel_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/microlock/microlock/internal/etcdtest"
+	"github.com/microlock/microlock/internal/testmain"
 )
 
 // shared is one real etcd server for every test and example of the package.
 var shared *etcdtest.Cluster
 
 func TestMain(m *testing.M) {
-	c, err := etcdtest.Launch(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting etcd:", err)
-		os.Exit(2)
-	}
-	shared = c
-	code := m.Run()
-	c.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmain.Run(m, func(c *etcdtest.Cluster) { shared = c }))
 }

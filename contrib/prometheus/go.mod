@@ -6,9 +6,10 @@ require (
 	github.com/microlock/microlock v0.0.0-00010101000000-000000000000
 	github.com/prometheus/client_model v0.6.3
 	go.etcd.io/etcd/client/v3 v3.7.3
-	go.uber.org/goleak v1.3.0
 	go.uber.org/zap v1.27.1
 )
+
+require go.uber.org/goleak v1.3.0 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
