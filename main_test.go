@@ -15,7 +15,7 @@ import (
 
 	"github.com/microlock/microlock"
 	"github.com/microlock/microlock/internal/etcdtest"
-	"github.com/microlock/microlock/internal/testmain"
+	"github.com/microlock/microlock/internal/testkit"
 )
 
 // shared is a single-node etcd that most tests and every example use; each
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperProcessEnv) != "" {
 		os.Exit(helperProcess())
 	}
-	os.Exit(testmain.Run(m, func(c *etcdtest.Cluster) { shared = c }))
+	os.Exit(testkit.Main(m, func(c *etcdtest.Cluster) { shared = c }))
 }
 
 // client returns a client of the shared etcd, closed at the end of the test.

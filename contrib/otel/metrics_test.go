@@ -16,33 +16,8 @@ import (
 	"github.com/microlock/microlock"
 	mlotel "github.com/microlock/microlock/contrib/otel"
 	"github.com/microlock/microlock/internal/etcdtest"
+	"github.com/microlock/microlock/internal/testkit"
 )
-
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func newMutex(t *testing.T, c *clientv3.Client, key string, opts ...microlock.Option) *microlock.Mutex {
-	t.Helper()
-	m, err := microlock.New(c, key, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	return m
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // reader is an SDK MeterProvider with a ManualReader, and what it read.
 type reader struct {
@@ -138,18 +113,18 @@ func jobsAttr(key string) string {
 func TestHoldsContentionAndGaveUp(t *testing.T) {
 	m, r := newReader(t, mlotel.WithKeyAttribute(jobsAttr))
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name() + "/jobs/3"
 	k := mlotel.KeyAttr.String("jobs/*")
-	a := newMutex(t, c, key, m.Option())
-	b := newMutex(t, c, key, m.Option())
+	a := testkit.Mutex(t, c, key, m.Option())
+	b := testkit.Mutex(t, c, key, m.Option())
 	start := time.Now()
 	if err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- b.Lock(ctx) }()
-	waitFor(t, "the waiter to queue", func() bool { return r.sum("microlock.waiting", k) == 1 })
+	testkit.WaitFor(t, "the waiter to queue", func() bool { return r.sum("microlock.waiting", k) == 1 })
 	queued := time.Now()
 	if held := r.sum("microlock.held", k); held != 1 {
 		t.Fatalf("microlock.held = %d while a holds, want 1", held)
@@ -195,10 +170,10 @@ func TestHoldsContentionAndGaveUp(t *testing.T) {
 func TestLossKeyDeleted(t *testing.T) {
 	m, r := newReader(t)
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name()
 	k := mlotel.KeyAttr.String(key)
-	mu := newMutex(t, c, key, m.Option())
+	mu := testkit.Mutex(t, c, key, m.Option())
 	start := time.Now()
 	if err := mu.Lock(ctx); err != nil {
 		t.Fatal(err)
@@ -208,7 +183,7 @@ func TestLossKeyDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-mu.Done()
-	waitFor(t, "the loss", func() bool {
+	testkit.WaitFor(t, "the loss", func() bool {
 		return r.sum("microlock.losses", k, mlotel.ReasonAttr.String("key_deleted")) == 1
 	})
 	n, sum := r.hist("microlock.hold.duration", k, mlotel.EndAttr.String("lost"))
@@ -231,13 +206,13 @@ func TestRetryAndRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	ctx := ctxTimeout(t, 60*time.Second)
+	ctx := testkit.Ctx(t, 60*time.Second)
 	const ttl = 3 * time.Second
-	mu := newMutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())
+	mu := testkit.Mutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())
 	proxy.Blackhole()
 	errc := make(chan error, 1)
 	go func() { errc <- mu.Lock(ctx) }()
-	waitFor(t, "a retry", func() bool { return r.sum("microlock.retries") >= 1 })
+	testkit.WaitFor(t, "a retry", func() bool { return r.sum("microlock.retries") >= 1 })
 	proxy.Heal()
 	if err := <-errc; err != nil {
 		t.Fatalf("Lock after etcd came back: %v", err)

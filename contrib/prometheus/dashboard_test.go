@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/microlock/microlock"
+	"github.com/microlock/microlock/internal/testkit"
 )
 
 // dashboard is the part of a Grafana dashboard the test reads.
@@ -72,16 +73,16 @@ func exportedSeries(t *testing.T) map[string]bool {
 func driveAll(t *testing.T, reg *prom.Registry, opts ...microlock.Option) {
 	t.Helper()
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name()
-	a := newMutex(t, c, key, opts...)
-	b := newMutex(t, c, key, opts...)
+	a := testkit.Mutex(t, c, key, opts...)
+	b := testkit.Mutex(t, c, key, opts...)
 	if err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- b.Lock(ctx) }()
-	waitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", key) == 1 })
+	testkit.WaitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", key) == 1 })
 	if err := a.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func driveAll(t *testing.T, reg *prom.Registry, opts ...microlock.Option) {
 		t.Fatal(err)
 	}
 	<-b.Done()
-	waitFor(t, "the loss", func() bool {
+	testkit.WaitFor(t, "the loss", func() bool {
 		return counter(t, reg, "microlock_losses_total", "key", key, "reason", microlock.LossKeyDeleted.String()) == 1
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/microlock/microlock"
 	mlprom "github.com/microlock/microlock/contrib/prometheus"
 	"github.com/microlock/microlock/internal/etcdtest"
+	"github.com/microlock/microlock/internal/testkit"
 )
 
 // jobsLabel maps "<test>/jobs/<id>" to "jobs/*".
@@ -26,32 +27,6 @@ func jobsLabel(key string) string {
 		return "jobs/*"
 	}
 	return key
-}
-
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func newMutex(t *testing.T, c *clientv3.Client, key string, opts ...microlock.Option) *microlock.Mutex {
-	t.Helper()
-	m, err := microlock.New(c, key, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	return m
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("still waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // metric returns the sample of family name whose labels are exactly labels
@@ -124,20 +99,20 @@ func newRegistry(t *testing.T, opts ...mlprom.Option) (*mlprom.Metrics, *prom.Re
 func TestHoldsAndContention(t *testing.T) {
 	m, reg := newRegistry(t, mlprom.WithKeyLabel(jobsLabel))
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name() + "/jobs/17"
 	var own atomic.Int32 // the user's own hook still runs beside the adapter
 	countOwn := microlock.OnEvent(func(microlock.Event) { own.Add(1) })
 
-	a := newMutex(t, c, key, countOwn, m.Option())
-	b := newMutex(t, c, key, m.Option(), countOwn)
+	a := testkit.Mutex(t, c, key, countOwn, m.Option())
+	b := testkit.Mutex(t, c, key, m.Option(), countOwn)
 	start := time.Now()
 	if err := a.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- b.Lock(ctx) }()
-	waitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", "jobs/*") == 1 })
+	testkit.WaitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", "jobs/*") == 1 })
 	queued := time.Now()
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP microlock_held Locks held now, by key.
@@ -186,9 +161,9 @@ microlock_waiting{key="jobs/*"} 1
 func TestGaveUp(t *testing.T) {
 	m, reg := newRegistry(t)
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name()
-	holder := newMutex(t, c, key, m.Option())
+	holder := testkit.Mutex(t, c, key, m.Option())
 	if err := holder.Lock(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -197,10 +172,10 @@ func TestGaveUp(t *testing.T) {
 		t.Fatalf("WithLock with NoWait = %v, want ErrLocked", err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	w := newMutex(t, c, key, m.Option())
+	w := testkit.Mutex(t, c, key, m.Option())
 	errc := make(chan error, 1)
 	go func() { errc <- w.Lock(wctx) }()
-	waitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", key) == 1 })
+	testkit.WaitFor(t, "the waiter to queue", func() bool { return gauge(t, reg, "microlock_waiting", "key", key) == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Lock = %v, want context.Canceled", err)
@@ -227,9 +202,9 @@ func TestGaveUp(t *testing.T) {
 func TestLossKeyDeleted(t *testing.T) {
 	m, reg := newRegistry(t)
 	c := shared.Client(t)
-	ctx := ctxTimeout(t, 30*time.Second)
+	ctx := testkit.Ctx(t, 30*time.Second)
 	key := t.Name()
-	mu := newMutex(t, c, key, m.Option())
+	mu := testkit.Mutex(t, c, key, m.Option())
 	start := time.Now()
 	if err := mu.Lock(ctx); err != nil {
 		t.Fatal(err)
@@ -239,7 +214,7 @@ func TestLossKeyDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-mu.Done()
-	waitFor(t, "the loss to be counted", func() bool {
+	testkit.WaitFor(t, "the loss to be counted", func() bool {
 		return counter(t, reg, "microlock_losses_total", "key", key, "reason", "key_deleted") == 1
 	})
 	n, sum := histogram(t, reg, "microlock_hold_seconds", "end", "lost", "key", key)
@@ -269,13 +244,13 @@ func TestRetryAndRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	ctx := ctxTimeout(t, 60*time.Second)
+	ctx := testkit.Ctx(t, 60*time.Second)
 	const ttl = 3 * time.Second
-	mu := newMutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())
+	mu := testkit.Mutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())
 	proxy.Blackhole()
 	errc := make(chan error, 1)
 	go func() { errc <- mu.Lock(ctx) }()
-	waitFor(t, "a retry", func() bool { return counter(t, reg, "microlock_retries_total") >= 1 })
+	testkit.WaitFor(t, "a retry", func() bool { return counter(t, reg, "microlock_retries_total") >= 1 })
 	proxy.Heal()
 	if err := <-errc; err != nil {
 		t.Fatalf("Lock after etcd came back: %v", err)

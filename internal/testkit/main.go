@@ -1,7 +1,8 @@
-// Package testmain is the TestMain of the test binaries that share one real
-// etcd server among their tests: start it, run the tests, stop it, and check
-// with goleak that no goroutine outlived them.
-package testmain
+// Package testkit holds what the test binaries that share one real etcd
+// server among their tests have in common: their TestMain (start etcd, run
+// the tests, stop it, check with goleak that no goroutine outlived them) and
+// small helpers.
+package testkit
 
 import (
 	"fmt"
@@ -13,10 +14,10 @@ import (
 	"github.com/microlock/microlock/internal/etcdtest"
 )
 
-// Run starts a one-member etcd, hands it to use, runs the tests, stops it,
+// Main starts a one-member etcd, hands it to use, runs the tests, stops it,
 // and returns the exit code for os.Exit: 2 if etcd did not start, 1 if a
 // test failed or a goroutine was left behind.
-func Run(m *testing.M, use func(*etcdtest.Cluster)) int {
+func Main(m *testing.M, use func(*etcdtest.Cluster)) int {
 	c, err := etcdtest.Launch(1)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "starting etcd:", err)
