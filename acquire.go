@@ -275,6 +275,14 @@ func (m *Mutex) held(ctx context.Context, h *hold, rev int64) error {
 		h.heldAt = time.Now() // for the final event's Held
 		h.mu.Unlock()
 	}
+	if !time.Now().Before(h.lease.currentDeadline()) {
+		// This process stood still (paused, stopped, starved) past the
+		// loss deadline between etcd admitting this key and now: etcd may
+		// have expired the lease and admitted another holder meanwhile.
+		// The deadline's timer is about to say so; never report a hold
+		// that is already lost.
+		h.lose(LossDeadline, "the loss deadline passed before the lock was taken", nil)
+	}
 	if h.ctx.Err() != nil {
 		// The lease was lost while the request was in flight.
 		err := fmt.Errorf("microlock: locking %s: %w", quoteKey(m.key), context.Cause(h.ctx))

@@ -115,7 +115,9 @@ func (c *checker) admittedAt(queue map[string]queuedKey, rev int64, v Value, rec
 // to the moment the work stopped (its fn returned or its loss signal
 // came): never more than the limit at once, and an exclusive hold never
 // with another. A holder paused while it held the lock cannot hear its loss
-// signal: an overlap with one is allowed.
+// signal: an overlap with one is allowed, whether its records put it before
+// or after the other holds (a worker stopped before its Lock returned
+// records its acquisition on waking).
 func (c *checker) overlaps() {
 	hs := c.holds()
 	slices.SortFunc(hs, func(a, b *Record) int { return cmp.Compare(a.Acq, b.Acq) })
@@ -134,7 +136,10 @@ func (c *checker) overlaps() {
 			if mixed {
 				check = CheckSharedExcl
 			}
-			excuse, rv, why := c.overlapExcuse(active)
+			// The paused holder can be h itself: stopped after etcd
+			// admitted its key and before its Lock returned, it records
+			// its acquisition on waking, after the next holder's.
+			excuse, rv, why := c.overlapExcuse(append(slices.Clone(active), h))
 			var who []string
 			for _, a := range active {
 				who = append(who, fmt.Sprintf("%s#%d (%s, token %d)", a.Node, a.Seq, a.Rule, a.Token))
@@ -146,9 +151,9 @@ func (c *checker) overlaps() {
 	}
 }
 
-// overlapExcuse returns why an overlap with the holds in active is allowed
-// (one of them was paused), or the revocation of a renewed lease that
-// explains it.
+// overlapExcuse returns why an overlap of the holds in active is allowed
+// (one of them was caught paused while etcd said it held the lock), or the
+// revocation of a renewed lease that explains it.
 func (c *checker) overlapExcuse(active []*Record) (excuse string, rv *Revocation, why string) {
 	for _, a := range active {
 		if e := c.pausedHolder(a); e != "" {

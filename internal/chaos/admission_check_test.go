@@ -134,3 +134,35 @@ func TestCheckAdmissionWriteOutsideHold(t *testing.T) {
 	a.FnEnd = ms(107) // the write went out while fn still ran
 	expect(t, h.check(), map[string]int64{chaos.CheckNonHolder + "/false": 1})
 }
+
+// TestCheckPausedBeforeLockReturned: a worker stopped just after etcd
+// admitted its key, before its Lock returned, records its acquisition on
+// waking, after the next holder took over; the overlap is the paused
+// holder's, whichever side of it the paused worker's records put it on. The
+// nemesis saw its token hold in etcd before and after it stopped it (the
+// fault's token). A pause of the worker while it held another token
+// excuses nothing.
+func TestCheckPausedBeforeLockReturned(t *testing.T) {
+	for _, caught := range []bool{true, false} {
+		t.Run(fmt.Sprint("caught=", caught), func(t *testing.T) {
+			h := newAdmissionHistory(chaos.SharedLock)
+			x := h.grant("w5", 1, chaos.RuleExclusive, 100)
+			token := x.Token
+			if !caught {
+				token += 1000
+			}
+			h.run.Faults = append(h.run.Faults, chaos.Fault{Kind: chaos.WorkerPause, Target: "w5", Start: ms(101), Heal: ms(2000), Holding: true, Token: token})
+			h.end(x, 1900) // its lease expired while it stood still
+			y := h.grant("w3", 1, chaos.RuleExclusive, 1950)
+			h.mark(y, 1960)
+			// On waking: Lock returns, and the loss signal follows.
+			x.Acq, x.FnStart, x.Lost, x.FnEnd, x.End = ms(2001), ms(2001), ms(2002), ms(2003), ms(2004)
+			h.end(y, 2010)
+			want := map[string]int64{chaos.CheckSharedExcl + "/true": 1}
+			if !caught {
+				want = map[string]int64{chaos.CheckSharedExcl + "/false": 1}
+			}
+			expect(t, h.check(), want)
+		})
+	}
+}
