@@ -139,7 +139,7 @@ BENCH_OUT         ?= $(BENCH_DIR)/table.md
 BENCH_DATADIR     ?=
 BENCH_FLAGS       ?= -benchtime 2s -count 6
 BENCH_SHORT_FLAGS ?= -benchtime 300ms -count 1 -short
-BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth)$$'
+BENCH_GROUPS      := '^Benchmark(Floor|Uncontended|TryLockFail|SideBySide|Growth|Contention|Keys|Auth|Semaphore|ReadHeavy)$$'
 
 # bench-run: the benchmarks with flags $(1), the held-locks ones (one run,
 # each in a process of its own) with flags $(2), the metrics adapter's cost
