@@ -186,6 +186,21 @@ func (f *runFlags) check(fs *pflag.FlagSet, p parsed) error {
 }
 
 // runLocked takes the lock key, runs cmd while holding it, and releases it.
+// options are the lock's options that run's flags ask for.
+func (f *runFlags) options() []microlock.Option {
+	var opts []microlock.Option
+	if f.nodeID != "" {
+		opts = append(opts, microlock.WithNodeID(f.nodeID))
+	}
+	if f.limit > 1 {
+		opts = append(opts, microlock.WithLimit(f.limit))
+	}
+	if f.shared {
+		opts = append(opts, microlock.Shared())
+	}
+	return opts
+}
+
 func (c *cli) runLocked(key string, cmd *exec.Cmd, conn *connFlags, f runFlags) error {
 	log := startEventLog(c.stderr)
 	defer log.stop()
@@ -198,15 +213,7 @@ func (c *cli) runLocked(key string, cmd *exec.Cmd, conn *connFlags, f runFlags) 
 		defer ms.stop() // after the Mutex is closed: its last events are in
 		opts = append(opts, microlock.OnEvent(ms.metrics.Observe))
 	}
-	if f.nodeID != "" {
-		opts = append(opts, microlock.WithNodeID(f.nodeID))
-	}
-	if f.limit > 1 {
-		opts = append(opts, microlock.WithLimit(f.limit))
-	}
-	if f.shared {
-		opts = append(opts, microlock.Shared())
-	}
+	opts = append(opts, f.options()...)
 	client, err := conn.client()
 	if err != nil {
 		return err
