@@ -24,6 +24,7 @@ func TestMaxHoldEndsHungHolder(t *testing.T) {
 	bHolds := make(chan struct{})
 	tokA := make(chan int64, 1)
 	res := make(chan error, 1)
+	reasons := make(chan microlock.LossReason, 1)
 	go func() {
 		res <- microlock.WithLock(ctx, c, key, func(ctx context.Context) error {
 			m, _ := microlock.FromContext(ctx)
@@ -37,7 +38,12 @@ func TestMaxHoldEndsHungHolder(t *testing.T) {
 			}
 			<-bHolds // hung: ignores the cancel until the next holder is in
 			return nil
-		}, microlock.WithNodeID("a"), microlock.WithTTL(2*time.Second), microlock.WithMaxHold(time.Second))
+		}, microlock.WithNodeID("a"), microlock.WithTTL(2*time.Second), microlock.WithMaxHold(time.Second),
+			microlock.OnEvent(func(ev microlock.Event) {
+				if ev.Type == microlock.Lost {
+					reasons <- ev.Reason
+				}
+			}))
 	}()
 	ta := recv(t, tokA, "A's hold")
 	b := newMutex(t, c, key, microlock.WithNodeID("b"))
@@ -62,6 +68,9 @@ func TestMaxHoldEndsHungHolder(t *testing.T) {
 	err := recv(t, res, "WithLock result")
 	if !errors.Is(err, microlock.ErrLockLost) || !errors.Is(err, microlock.ErrMaxHold) {
 		t.Fatalf("WithLock = %v, want ErrLockLost and ErrMaxHold", err)
+	}
+	if r := recv(t, reasons, "the Lost event"); r != microlock.LossMaxHold {
+		t.Fatalf("Lost event's reason %v, want %v", r, microlock.LossMaxHold)
 	}
 }
 
