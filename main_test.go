@@ -44,22 +44,13 @@ func testKey(t testing.TB, suffix ...string) string {
 	return "test/" + t.Name() + "/" + strings.Join(suffix, "/")
 }
 
-func ctxTimeout(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxTimeout(t testing.TB, d time.Duration) context.Context { return testkit.Ctx(t, d) }
 
 // newMutex is microlock.New that fails the test on error and closes the
 // Mutex at the end of the test.
 func newMutex(t testing.TB, c *clientv3.Client, key string, opts ...microlock.Option) *microlock.Mutex {
 	t.Helper()
-	m, err := microlock.New(c, key, opts...)
-	if err != nil {
-		t.Fatalf("New(%q): %v", key, err)
-	}
-	t.Cleanup(func() { _ = m.Close() })
-	return m
+	return testkit.Mutex(t, c, key, opts...)
 }
 
 // keysUnder lists the keys under key's lock prefix.

@@ -22,7 +22,7 @@ func Mutex(t testing.TB, c *clientv3.Client, key string, opts ...microlock.Optio
 	t.Helper()
 	m, err := microlock.New(c, key, opts...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("New(%q): %v", key, err)
 	}
 	t.Cleanup(func() { _ = m.Close() })
 	return m
