@@ -326,6 +326,12 @@ func isRelease(req any) bool {
 		len(t.Success) == 1 && t.Success[0].GetRequestDeleteRange() != nil
 }
 
+// isAbandon: the unguarded delete of a key whose write's outcome is unknown.
+func isAbandon(req any) bool {
+	d, ok := req.(*pb.DeleteRangeRequest)
+	return ok && len(d.RangeEnd) == 0
+}
+
 // isRecheck: waitTurn's read of our own key and the one just ahead.
 func isRecheck(req any) bool {
 	g, ok := req.(*pb.RangeRequest)
@@ -344,6 +350,8 @@ func describe(req any) string {
 		return "(release)"
 	case isRecheck(req):
 		return "(recheck)"
+	case isAbandon(req):
+		return "(abandon)"
 	}
 	return ""
 }
@@ -467,8 +475,8 @@ func (x releasePausedCase) withLock(t *testing.T) {
 	check(t, key, "WithLock's release", err, time.Since(returned))
 }
 
-// close: Close's release costs a retry, and its revoke at most
-// revokeTimeout more.
+// close: Close's release costs a retry, and its revoke (attempts of its
+// own, within revokeTimeout) at most 2 s more.
 func (x releasePausedCase) close(t *testing.T) {
 	r, hooks, check := x.r, x.hooks, x.check
 	defer r.resume()
@@ -496,8 +504,8 @@ func (x releasePausedCase) close(t *testing.T) {
 		t.Fatal("no Released event")
 	}
 	check(t, key, "Close's release", ev.Err, time.Since(at))
-	// Close then revokes the lease, in one request of up to 2 s
-	// (revokeTimeout) that may go to the paused member.
+	// Close then revokes the lease, in attempts within 2 s (revokeTimeout),
+	// the first of which may go to the paused member.
 	took, err := within(t, errc, at)
 	t.Logf("Close returned %v, %v after the pause", err, took.Round(time.Millisecond))
 	if err != nil || took > bound+2*time.Second {
@@ -645,7 +653,7 @@ func TestLivenessTryLockPausedMember(t *testing.T) {
 	took, err := within(t, errc, p.widen(t, errc))
 	t.Logf("TryLock returned %v, %v after the pause", err, took.Round(time.Millisecond))
 	// The attempt timeout, and the deletion of a key that may have been
-	// written, which may go to the paused member too (abandonTimeout, 2 s).
+	// written, which may go to the paused member too: an attempt each.
 	if bound := 3 * time.Second; took > bound || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, microlock.ErrLocked) || tctx.Err() != nil {
 		t.Fatalf("TryLock = %v after %v with a member paused, want an attempt timeout within %v", err, took.Round(time.Millisecond), bound)
 	}
@@ -665,6 +673,48 @@ func TestLivenessTryLockPausedMember(t *testing.T) {
 	}
 	if keys := waitKeys(t, r.direct, key, 0, 5*time.Second); len(keys) != 0 {
 		t.Fatalf("keys after WithLock: %q, want none", keys)
+	}
+}
+
+// TestLivenessAbandonPausedMember: a TryLock whose Txn was applied but never
+// answered gives up and deletes the key it may have written; that deletion,
+// sent to a paused member, costs an attempt and a retry elsewhere. Before, it
+// was one request of abandonTimeout (2 s) which then failed, and the key it
+// was meant to delete blocked the lock, for this Mutex's own next attempt
+// too, until the lease's revoke got through: WithLock(NoWait) right after was
+// refused with "locked by <this node>".
+func TestLivenessAbandonPausedMember(t *testing.T) {
+	r := newRig(t)
+	defer r.resume()
+	key := testKey(t)
+	p := r.probe(t, probeHooks{loseReply: isTryLock, pauseAt: isAbandon})
+	m := newMutex(t, p.Client, key, opts()...)
+	ctx := ctxTimeout(t, 20*time.Second)
+	if err := m.TryLock(ctx); err != nil { // the lease, granted before the fault
+		t.Fatal(err)
+	}
+	if err := m.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.arm()
+	start := time.Now()
+	errc := timed(func() error { return m.TryLock(ctxTimeout(t, stallCtx)) })
+	p.widen(t, errc)
+	took, err := within(t, errc, start)
+	keys := keysUnder(t, r.direct, key)
+	t.Logf("TryLock returned %v after %v; keys then: %q", err, took.Round(time.Millisecond), keys)
+	if !p.lost.Load() {
+		t.Fatal("the TryLock's reply was not lost: the test did not test anything")
+	}
+	// The lost reply's attempt timeout, and the deletion's first attempt on
+	// the paused member: 2 × 333 ms; bound leaves room for three more rounds.
+	if !errors.Is(err, context.DeadlineExceeded) || took > bound || len(keys) != 0 {
+		t.Fatalf("TryLock = %v after %v, keys left %q; want an attempt timeout within %v and no key", err, took.Round(time.Millisecond), keys, bound)
+	}
+	err = microlock.WithLock(ctxTimeout(t, 10*time.Second), p.Client, key, func(context.Context) error { return nil },
+		opts(microlock.NoWait())...)
+	if err != nil {
+		t.Fatalf("WithLock(NoWait) after TryLock gave up: %v, want nil", err)
 	}
 }
 

@@ -251,8 +251,27 @@ func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
 	leases.remove(l)
 	cancel()
 	wg.Wait()
-	ctx, rcancel := context.WithTimeout(context.Background(), revokeTimeout)
+	ctx, rcancel := context.WithTimeout(l.etcd.Ctx(), revokeTimeout)
 	defer rcancel()
-	_, _ = l.etcd.Revoke(ctx, l.id) // on failure it expires within its TTL
+	l.revokeWithin(ctx) // on failure it expires within its TTL
 	return true
+}
+
+// revokeWithin revokes l, trying again within ctx. As everywhere on the lock
+// path, one attempt lasts at most attemptTimeout and a transient failure is
+// retried after a short pause, which the client sends to another member: a
+// revoke sent to a paused member would otherwise take all of ctx and fail,
+// and leave any key that a write of unknown outcome put under l (see retire)
+// to live out the TTL.
+func (l *lease) revokeWithin(ctx context.Context) {
+	const pause = 50 * time.Millisecond
+	for {
+		actx, cancel := withTimer(ctx, attemptTimeout(l.ttl))
+		_, err := l.etcd.Revoke(actx, l.id)
+		err = timedOut(actx, err)
+		cancel()
+		if err == nil || !transient(err) || sleepCtx(ctx, pause) != nil {
+			return
+		}
+	}
 }
