@@ -145,25 +145,34 @@ func (a admission) foreignReads(pfx string) []clientv3.Op {
 	return ops
 }
 
-// aheadReads read the keys that can hold back a key of this rule created
-// after maxRev (0: any key, for a read in the Txn that writes it), nearest
-// first: for a permit of limit n, the n nearest keys; for a shared hold, the
-// nearest key before and after the shared range, the nearer of which is the
-// nearest exclusive one. Their responses go to admit.
-func (a admission) aheadReads(pfx string, maxRev int64) []clientv3.Op {
+// aheadReads appends to ops the reads of the keys that can hold back a key
+// of this rule created after maxRev (0: any key, for a read in the Txn that
+// writes it), nearest first: for an exclusive lock the last key; for a permit
+// of limit n, the n nearest keys; for a shared hold, the nearest key before
+// and after the shared range, the nearer of which is the nearest exclusive
+// one. Their responses go to admit.
+func (a admission) aheadReads(ops []clientv3.Op, pfx string, maxRev int64) []clientv3.Op {
+	if maxRev == 0 && !a.shared && a.limit == 1 {
+		// The enqueue of every exclusive Lock: options built once.
+		return append(ops, clientv3.OpGet(pfx, lastCreate...))
+	}
 	last := []clientv3.OpOption{clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend)}
 	if maxRev > 0 {
 		last = append(last, clientv3.WithMaxCreateRev(maxRev))
 	}
 	if a.shared {
 		end := clientv3.GetPrefixRangeEnd(pfx)
-		return []clientv3.Op{
+		return append(ops,
 			clientv3.OpGet(pfx, append(last, clientv3.WithRange(pfx+sharedTag), clientv3.WithLimit(1))...),
 			clientv3.OpGet(pfx+"~s;", append(last, clientv3.WithRange(end), clientv3.WithLimit(1))...),
-		}
+		)
 	}
-	return []clientv3.Op{clientv3.OpGet(pfx, append(last, clientv3.WithPrefix(), clientv3.WithLimit(int64(a.readAhead())))...)}
+	return append(ops, clientv3.OpGet(pfx, append(last, clientv3.WithPrefix(), clientv3.WithLimit(int64(a.readAhead())))...))
 }
+
+// lastCreate reads the last key of a prefix by create revision. Built once:
+// its option closures are a dozen allocations per Lock otherwise.
+var lastCreate = clientv3.WithLastCreate()
 
 // readAhead is how many keys ahead a waiter reads: limit, and for a permit
 // twice that, so that a wake-up that leaves limit of them needs no read.

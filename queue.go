@@ -76,11 +76,14 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 	// branch finds if the write landed.
 	ctx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
 	defer cancel()
-	reads := m.adm.aheadReads(m.pfx, 0)
+	// The reads, then the put, in one allocation: at most two reads.
+	then := m.adm.aheadReads(make([]clientv3.Op, 0, 3), m.pfx, 0)
+	reads := len(then)
+	then = append(then, clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)))
 	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(h.key), "=", 0)}, m.adm.foreignCmps(m.pfx)...)
 	resp, err := m.client.Txn(ctx).
 		If(cmps...).
-		Then(append(reads, clientv3.OpPut(h.key, m.opts.nodeID, clientv3.WithLease(h.lease.id)))...).
+		Then(then...).
 		Else(append([]clientv3.Op{clientv3.OpGet(h.key)}, m.adm.foreignReads(m.pfx)...)...).
 		Commit()
 	if err != nil {
@@ -103,12 +106,12 @@ func (m *Mutex) enqueue(ctx context.Context, h *hold) (p place, first bool, err 
 	// The reads' counts, made before the put, are the keys ahead (for a
 	// shared hold, those of the other rules): the place the Queued event
 	// reports, at no extra request.
-	for _, r := range resp.Responses[:len(reads)] {
+	for _, r := range resp.Responses[:reads] {
 		p.ahead += int(r.GetResponseRange().Count)
 	}
 	p.rev = resp.Header.Revision
 	var known []keyRev
-	first, known, err = m.admit(rangeKvs(resp.Responses[:len(reads)]))
+	first, known, err = m.admit(rangeKvs(resp.Responses[:reads]))
 	p.setKnown(known, m.adm.limit)
 	return p, first, err
 }
@@ -170,7 +173,7 @@ func (m *Mutex) lookAgain(ctx context.Context, h *hold, p *place) (held, ownGone
 	var ahead [][]*mvccpb.KeyValue
 	if m.adm.shared {
 		// The keys ahead of a shared hold are in two ranges: a Txn.
-		ops := append([]clientv3.Op{clientv3.OpGet(h.key)}, m.adm.aheadReads(m.pfx, p.rev)...)
+		ops := m.adm.aheadReads([]clientv3.Op{clientv3.OpGet(h.key)}, m.pfx, p.rev)
 		resp, err := m.client.Txn(gctx).Then(ops...).Commit()
 		if err = timedOut(gctx, err); err != nil {
 			return false, false, err
