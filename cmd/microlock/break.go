@@ -64,7 +64,7 @@ func (c *cli) breakLock(args []string) error {
 	conn := addConnFlags(fs)
 	force := fs.Bool("force", false, "break without asking")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	key, client, err := c.keyAndClient("break", fs, conn, args, breakHelp())
+	key, client, err := c.argAndClient("break", "KEY", fs, conn, args, breakHelp())
 	if err != nil {
 		return err
 	}

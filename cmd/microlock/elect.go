@@ -103,7 +103,7 @@ func (c *cli) elect(args []string) error {
 		if p.hasDash {
 			return usageErrorf("elect: --listen takes KEY only, no command")
 		}
-		key, err := oneKey("elect", p)
+		key, err := oneArg("elect", "KEY", p)
 		if err != nil {
 			return err
 		}

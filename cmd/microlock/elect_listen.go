@@ -17,10 +17,7 @@ import (
 // listen is elect --listen: the current leader, then every change of leader
 // or of its value, until SIGINT or SIGTERM.
 func (c *cli) listen(fs *pflag.FlagSet, conn *connFlags, key string, asJSON bool) error {
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return err
-	}
-	client, err := conn.client()
+	client, err := c.connect(fs, conn)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (c *cli) holder(args []string) error {
 	fs := newFlagSet("holder")
 	conn := addConnFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	key, client, err := c.keyAndClient("holder", fs, conn, args, holderHelp())
+	key, client, err := c.argAndClient("holder", "KEY", fs, conn, args, holderHelp())
 	if err != nil {
 		return err
 	}
@@ -77,8 +77,6 @@ func (c *cli) holder(args []string) error {
 	return nil
 }
 
-// keyAndClient parses the flags and the single KEY of holder and watch, and
-// connects to etcd.
 // askEtcd runs read, one look at etcd, bounded by --command-timeout and
 // ended by SIGINT or SIGTERM: holder's and list's request. doing names it
 // in an error (`reading "KEY"`).
@@ -96,35 +94,44 @@ func askEtcd(conn *connFlags, doing string, read func(context.Context) error) er
 	return nil
 }
 
-func (c *cli) keyAndClient(cmd string, fs *pflag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
+// argAndClient parses the flags and the single positional argument (named
+// name in errors: KEY, or list's PREFIX) of holder, watch, break and list,
+// and connects to etcd.
+func (c *cli) argAndClient(cmd, name string, fs *pflag.FlagSet, conn *connFlags, args []string, h help) (string, *clientv3.Client, error) {
 	p, err := c.parseOrHelp(fs, args, h)
 	if err != nil {
 		return "", nil, err
 	}
-	key, err := oneKey(cmd, p)
+	arg, err := oneArg(cmd, name, p)
 	if err != nil {
 		return "", nil, err
 	}
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return "", nil, err
-	}
-	client, err := conn.client()
+	client, err := c.connect(fs, conn)
 	if err != nil {
 		return "", nil, err
 	}
-	return key, client, nil
+	return arg, client, nil
 }
 
-// oneKey returns the single positional KEY of holder and watch.
-func oneKey(cmd string, p parsed) (string, error) {
+// connect applies the environment's connection settings to the flags not
+// given, and connects to etcd.
+func (c *cli) connect(fs *pflag.FlagSet, conn *connFlags) (*clientv3.Client, error) {
+	if err := conn.applyEnv(fs, c.getenv); err != nil {
+		return nil, err
+	}
+	return conn.client()
+}
+
+// oneArg returns the single positional argument, named name in errors.
+func oneArg(cmd, name string, p parsed) (string, error) {
 	args := append(p.args, p.rest...)
 	switch {
 	case len(args) == 0:
-		return "", usageErrorf("%s: missing KEY", cmd)
+		return "", usageErrorf("%s: missing %s", cmd, name)
 	case len(args) > 1:
-		return "", usageErrorf("%s: one KEY expected, got %d arguments: %q", cmd, len(args), args)
+		return "", usageErrorf("%s: one %s expected, got %d arguments: %q", cmd, name, len(args), args)
 	case args[0] == "":
-		return "", usageErrorf("%s: empty KEY", cmd)
+		return "", usageErrorf("%s: empty %s", cmd, name)
 	}
 	return args[0], nil
 }

@@ -44,23 +44,7 @@ func (c *cli) list(args []string) error {
 	fs := newFlagSet("list")
 	conn := addConnFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object per lock, one per line")
-	p, err := c.parseOrHelp(fs, args, listHelp())
-	if err != nil {
-		return err
-	}
-	switch args := append(p.args, p.rest...); {
-	case len(args) == 0:
-		return usageErrorf("list: missing PREFIX")
-	case len(args) > 1:
-		return usageErrorf("list: one PREFIX expected, got %d arguments: %q", len(args), args)
-	case args[0] == "":
-		return usageErrorf("list: empty PREFIX")
-	}
-	prefix := append(p.args, p.rest...)[0]
-	if err := conn.applyEnv(fs, c.getenv); err != nil {
-		return err
-	}
-	client, err := conn.client()
+	prefix, client, err := c.argAndClient("list", "PREFIX", fs, conn, args, listHelp())
 	if err != nil {
 		return err
 	}

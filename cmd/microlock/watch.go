@@ -42,7 +42,7 @@ func (c *cli) watch(args []string) error {
 	fs := newFlagSet("watch")
 	conn := addConnFlags(fs)
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
-	key, client, err := c.keyAndClient("watch", fs, conn, args, watchHelp())
+	key, client, err := c.argAndClient("watch", "KEY", fs, conn, args, watchHelp())
 	if err != nil {
 		return err
 	}
