@@ -65,21 +65,14 @@ func (m *Mutex) abandon(h *hold, state keyState) {
 	h.finish()
 }
 
-// deleteAbandoned deletes the key of an attempt given up. As in release,
-// each attempt is bounded by attemptTimeout and transient failures are
-// retried within ctx: the retry goes to another member, so a paused one costs
-// an attempt rather than all of abandonTimeout. A key that could not be
-// deleted at once blocks the lock for everyone, this process's next attempt
-// included, until the background deletion or the lease's revoke reaches etcd.
+// deleteAbandoned deletes the key of an attempt given up, in attempts as
+// release does: a key that could not be deleted at once blocks the lock for
+// everyone, this process's next attempt included, until the background
+// deletion or the lease's revoke reaches etcd.
 func (m *Mutex) deleteAbandoned(ctx context.Context, h *hold) error {
 	r := &retrier{m: m, what: "cleaning up"}
-	for {
-		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
+	return r.attempts(ctx, h.lease.ttl, func(actx context.Context) error {
 		_, err := m.client.Delete(actx, h.key)
-		err = timedOut(actx, err)
-		cancel()
-		if err == nil || !r.retry(ctx, err) {
-			return err
-		}
-	}
+		return err
+	}, nil)
 }

@@ -38,35 +38,34 @@ func (m *Mutex) Proclaim(ctx context.Context, value string) error {
 		return m.notOwner()
 	}
 	rev := h.rev.Load()
+	if err := ctx.Err(); err != nil {
+		return m.wrapErr(ctx, "proclaiming", err)
+	}
 	r := &retrier{m: m, what: "proclaiming"}
-	for {
-		if err := ctx.Err(); err != nil {
-			return m.wrapErr(ctx, "proclaiming", err)
-		}
-		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
-		resp, err := m.client.Txn(actx).
+	var resp *clientv3.TxnResponse
+	err := r.attempts(ctx, h.lease.ttl, func(actx context.Context) (err error) {
+		resp, err = m.client.Txn(actx).
 			If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
 			Then(clientv3.OpPut(h.key, value, clientv3.WithLease(h.lease.id))).
 			Commit()
-		err = timedOut(actx, err)
-		cancel()
-		switch {
-		case err == nil && resp.Succeeded:
-			return nil
-		case err == nil:
-			// Gone: by its lease's end, by hand, or by a concurrent
-			// Unlock, whose own answer then tells.
-			if !h.releasing.Load() && h.lose(LossKeyDeleted, "its key was gone when it proclaimed", nil) {
-				h.gone.Store(true)
-				h.lease.detach(h)
-				h.emitLost()
-			}
-			return m.notOwner()
-		case h.ctx.Err() != nil:
-			return m.notOwner()
-		case !r.retry(ctx, err):
-			return m.wrapErr(ctx, "proclaiming", err)
+		return err
+	}, func(error) bool { return h.ctx.Err() == nil })
+	switch {
+	case err == nil && resp.Succeeded:
+		return nil
+	case err == nil:
+		// Gone: by its lease's end, by hand, or by a concurrent Unlock,
+		// whose own answer then tells.
+		if !h.releasing.Load() && h.lose(LossKeyDeleted, "its key was gone when it proclaimed", nil) {
+			h.gone.Store(true)
+			h.lease.detach(h)
+			h.emitLost()
 		}
+		return m.notOwner()
+	case h.ctx.Err() != nil:
+		return m.notOwner()
+	default:
+		return m.wrapErr(ctx, "proclaiming", err)
 	}
 }
 

@@ -62,20 +62,15 @@ func (m *Mutex) release(ctx context.Context, h *hold) error {
 // key, and the lock is free either way.
 func (m *Mutex) deleteKey(ctx context.Context, h *hold, rev int64) (resp *clientv3.TxnResponse, maybe bool, err error) {
 	r := &retrier{m: m, what: "releasing"}
-	for {
-		actx, cancel := withTimer(ctx, attemptTimeout(h.lease.ttl))
+	err = r.attempts(ctx, h.lease.ttl, func(actx context.Context) (err error) {
 		resp, err = m.client.Txn(actx).
 			If(clientv3.Compare(clientv3.CreateRevision(h.key), "=", rev)).
 			Then(clientv3.OpDelete(h.key)).
 			Commit()
-		err = timedOut(actx, err)
-		cancel()
-		if err == nil {
-			return resp, maybe, nil
-		}
+		return err
+	}, func(err error) bool {
 		maybe = maybe || keyUnknown(ctx, err) == keyMaybe
-		if h.ctx.Err() != nil || !r.retry(ctx, err) {
-			return resp, maybe, err
-		}
-	}
+		return h.ctx.Err() == nil
+	})
+	return resp, maybe, err
 }

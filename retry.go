@@ -89,3 +89,20 @@ func (r *retrier) retry(ctx context.Context, err error) bool {
 }
 
 func (r *retrier) reset() { r.bo = nil }
+
+// attempts runs op until it succeeds or its failure is not worth a retry.
+// Each attempt lasts at most attemptTimeout(ttl), whatever ctx allows: the
+// client balances requests over its endpoints round-robin, so the retry goes
+// to another member, and a paused or cut-off member costs an attempt rather
+// than the whole of ctx. failed, if not nil, sees each failure and says
+// whether a retry may follow; r's policy spaces the retries, within ctx.
+func (r *retrier) attempts(ctx context.Context, ttl time.Duration, op func(context.Context) error, failed func(error) bool) error {
+	for {
+		actx, cancel := withTimer(ctx, attemptTimeout(ttl))
+		err := timedOut(actx, op(actx))
+		cancel()
+		if err == nil || (failed != nil && !failed(err)) || !r.retry(ctx, err) {
+			return err
+		}
+	}
+}
