@@ -258,13 +258,16 @@ func (l *lease) close(cancel context.CancelFunc, wg *sync.WaitGroup) bool {
 }
 
 // revokeWithin revokes l, trying again within ctx. As everywhere on the lock
-// path, one attempt lasts at most attemptTimeout and a transient failure is
-// retried after a short pause, which the client sends to another member: a
-// revoke sent to a paused member would otherwise take all of ctx and fail,
-// and leave any key that a write of unknown outcome put under l (see retire)
-// to live out the TTL.
+// path, one attempt lasts at most attemptTimeout, and a transient failure is
+// retried after a pause, which the client sends to another member: a revoke
+// sent to a paused member would otherwise take all of ctx and fail, and
+// leave any key that a write of unknown outcome put under l (see retire) to
+// live out the TTL. The pauses grow from 100 ms to 500 ms: in an outage the
+// revoke lands within 500 ms of etcd answering again. It stops when etcd
+// answers, when it refuses for good (the lease is gone already, say), or
+// when ctx ends (the client closed, or the caller's bound).
 func (l *lease) revokeWithin(ctx context.Context) {
-	const pause = 50 * time.Millisecond
+	pause := 100 * time.Millisecond
 	for {
 		actx, cancel := withTimer(ctx, attemptTimeout(l.ttl))
 		_, err := l.etcd.Revoke(actx, l.id)
@@ -273,5 +276,6 @@ func (l *lease) revokeWithin(ctx context.Context) {
 		if err == nil || !transient(err) || sleepCtx(ctx, pause) != nil {
 			return
 		}
+		pause = min(2*pause, 500*time.Millisecond)
 	}
 }

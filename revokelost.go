@@ -1,10 +1,8 @@
 package microlock
 
 import (
-	"errors"
+	"context"
 	"time"
-
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
 // revokeLostFor bounds how long a lost lease is still revoked in the
@@ -39,23 +37,7 @@ func (l *lease) revokeAfterLoss() {
 		t.Stop()
 		return
 	}
-	stop := time.Now().Add(revokeLostFor)
-	pause := 100 * time.Millisecond
-	for time.Now().Before(stop) {
-		ctx, cancel := withTimer(l.etcd.Ctx(), attemptTimeout(l.ttl))
-		_, err := l.etcd.Revoke(ctx, l.id)
-		err = timedOut(ctx, err)
-		cancel()
-		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || !transient(err) || l.etcd.Ctx().Err() != nil {
-			return // revoked, gone already, refused for good, or the client closed
-		}
-		t.Reset(pause)
-		select {
-		case <-t.C:
-		case <-l.etcd.Ctx().Done():
-			t.Stop()
-			return
-		}
-		pause = min(2*pause, 500*time.Millisecond) // the revoke lands within this of etcd answering
-	}
+	ctx, cancel := context.WithTimeout(l.etcd.Ctx(), revokeLostFor)
+	defer cancel()
+	l.revokeWithin(ctx)
 }
