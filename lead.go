@@ -100,19 +100,14 @@ func (m *Mutex) term(ctx context.Context, fn func(ctx context.Context) error) (l
 		return nil, err
 	}
 	h := m.last()
-	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
-	h.link(cancel)     // ends with fn: no need to unlink
+	fnCtx, cancel := m.fnContext(ctx, h)
 	fnErr := fn(fnCtx) // a panic goes on up; Lead's deferred Close resigns
 	cancel(context.Canceled)
 	lost = h.lostCause()
 	if lost == nil {
-		// Resign, even when ctx is done. A resign that etcd does not
-		// acknowledge is reported to OnEvent as Released with Err; the key
-		// is deleted in the background or expires with its lease, and
-		// campaigning again meanwhile is safe.
-		rctx, rcancel := withTimer(context.WithoutCancel(ctx), ReleaseTimeout)
-		_ = m.Unlock(rctx)
-		rcancel()
+		// Resign, even when ctx is done. Campaigning again while a resign
+		// etcd did not acknowledge is finished in the background is safe.
+		_ = m.unlockAfter(ctx)
 		lost = h.lostCause() // lost between fn's return and the resign
 	}
 	switch {

@@ -57,17 +57,14 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 		return err
 	}
 
-	h := m.last() // live, or lost already: then link cancels at once
-	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
-	h.link(cancel) // ends with fn: no need to unlink
+	h := m.last() // live, or lost already: then fnContext's is cancelled at once
+	fnCtx, cancel := m.fnContext(ctx, h)
 	defer func() {
 		// Runs when fn returns and when it panics; a panic carries on up
 		// after this with its own value.
 		lost := h.lostCause()
 		cancel(context.Canceled)
-		rctx, rcancel := withTimer(context.WithoutCancel(ctx), ReleaseTimeout)
-		uerr := m.Unlock(rctx)
-		rcancel()
+		uerr := m.unlockAfter(ctx)
 		_ = m.close(false)
 		if lost == nil {
 			lost = h.lostCause() // lost between fn's return and the release
@@ -85,6 +82,25 @@ func WithLock(ctx context.Context, client *clientv3.Client, key string, fn func(
 }
 
 type mutexKey struct{}
+
+// fnContext is the context of the work done under h (WithLock's fn, a term
+// of Lead): FromContext finds m in it, and it ends when h does, at once if h
+// is lost already.
+func (m *Mutex) fnContext(ctx context.Context, h *hold) (context.Context, context.CancelCauseFunc) {
+	fnCtx, cancel := context.WithCancelCause(context.WithValue(ctx, mutexKey{}, m))
+	h.link(cancel) // ends with the work: no need to unlink
+	return fnCtx, cancel
+}
+
+// unlockAfter releases the lock once the work under it returned, even when
+// ctx is done, within ReleaseTimeout. A release that etcd does not
+// acknowledge is reported to OnEvent as Released with Err; the key is
+// deleted in the background or expires with its lease.
+func (m *Mutex) unlockAfter(ctx context.Context) error {
+	rctx, cancel := withTimer(context.WithoutCancel(ctx), ReleaseTimeout)
+	defer cancel()
+	return m.Unlock(rctx)
+}
 
 // FromContext returns the Mutex that holds the lock, from the context that
 // WithLock passes to fn.
