@@ -17,9 +17,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 
 	"github.com/microlock/microlock/internal/etcdtest"
+	"github.com/microlock/microlock/internal/testkit"
 )
 
 // The tests run the real microlock binary, built once in TestMain (with the
@@ -55,21 +55,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building microlock: %v\n%s", err, out)
 		return 2
 	}
-	c, err := etcdtest.Launch(1)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting etcd:", err)
-		return 2
-	}
-	shared = c
-	code := m.Run()
-	c.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	return code
+	return testkit.Main(m, func(c *etcdtest.Cluster) { shared = c })
 }
 
 // lockedBuffer is a bytes.Buffer that a process's output goroutine writes
