@@ -11,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"go.uber.org/zap"
 
 	"github.com/microlock/microlock"
 	mlotel "github.com/microlock/microlock/contrib/otel"
@@ -201,11 +200,7 @@ func TestLossKeyDeleted(t *testing.T) {
 func TestRetryAndRenewal(t *testing.T) {
 	m, r := newReader(t)
 	proxy := etcdtest.NewProxy(t, shared.Endpoints()[0])
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := shared.Client(t, proxy.URL())
 	ctx := testkit.Ctx(t, 60*time.Second)
 	const ttl = 3 * time.Second
 	mu := testkit.Mutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())

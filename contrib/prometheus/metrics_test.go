@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/microlock/microlock"
 	mlprom "github.com/microlock/microlock/contrib/prometheus"
@@ -239,11 +238,7 @@ microlock_losses_total{key="TestLossKeyDeleted",reason="key_deleted"} 1
 func TestRetryAndRenewal(t *testing.T) {
 	m, reg := newRegistry(t)
 	proxy := etcdtest.NewProxy(t, shared.Endpoints()[0])
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{proxy.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := shared.Client(t, proxy.URL())
 	ctx := testkit.Ctx(t, 60*time.Second)
 	const ttl = 3 * time.Second
 	mu := testkit.Mutex(t, c, t.Name(), microlock.WithTTL(ttl), m.Option())
